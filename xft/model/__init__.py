@@ -1,0 +1,3 @@
+from .sft import SupervisedFinetune
+
+__all__ = ['SupervisedFinetune']

@@ -1,0 +1,217 @@
+"""Turn a training checkpoint into folders the Hugging Face world loads.
+
+A checkpoint ``iter_N.pth`` holds ``{'state_dict': ..., 'meta': ..., 'optimizer': ...}``; its
+state dict holds only what ``SupervisedFinetune`` trained, under the prefix ``llm.``:
+
+* LoRA / QLoRA: ``llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight``
+  and friends. Exported as a PEFT adapter folder (``adapter_config.json`` +
+  ``adapter_model.safetensors``).
+* full fine-tune: ``llm.model.embed_tokens.weight`` ... ``llm.lm_head.weight``. Exported as a
+  full model folder (sharded safetensors + config + tokenizer).
+
+The base model is never loaded: its architecture is built on the meta device from its
+``config.json`` (no memory, no GPU, also for QLoRA: quantization changes the module classes,
+never the module names, so the adapter's keys and target modules are the same). Checkpoint
+tensors are then *assigned* into the meta model, so each weight lives in memory once.
+
+Example::
+
+    cfg = load_training_config('configs/smollm2_135m_qlora_self_cognition.py')
+    state = llm_state_dict(read_checkpoint_state_dict('work_dirs/x/iter_40.pth'))
+    export_adapter(cfg, state, 'work_dirs/x/hf_adapter')
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from xft.engine.checkpoint import load_checkpoint_file
+from xft.engine.config import load_config
+from xft.model.lora import build_lora_config
+from xft.registry import build_nested
+from xft.utils.errors import ConfigError, UserError
+
+CHECKPOINT_LLM_PREFIX = 'llm.'
+# How peft names the adapter of a freshly wrapped model; checkpoint keys carry it, saved
+# adapter folders do not.
+PEFT_ADAPTER_NAME = 'default'
+LORA_KEY_MARKERS = ('.lora_A.', '.lora_B.', '.lora_embedding_A.', '.lora_magnitude_vector.')
+# XTuner's pth_to_hf saved fp16 unless --fp32; a config that names its dtype wins over that.
+DEFAULT_EXPORT_DTYPE = torch.float16
+
+
+@dataclass(frozen=True)
+class LlmSource:
+    """Where the base model of a config comes from, read without loading it."""
+
+    path: str
+    trust_remote_code: bool
+    dtype: Optional[torch.dtype]
+
+
+def load_training_config(config_path, cfg_options=None):
+    """Read a training config (a path or a zoo name) that declares ``model.llm``."""
+    cfg = load_config(config_path, cfg_options)
+    if 'model' not in cfg or 'llm' not in cfg.model:
+        raise ConfigError(f'{config_path}: expected a `model = dict(..., llm=dict(...))` entry')
+    return cfg
+
+
+def read_checkpoint_state_dict(pth_path):
+    """The model state dict of an mmengine checkpoint file, memory-mapped where possible."""
+    path = Path(pth_path)
+    if not path.is_file():
+        raise UserError(f'{pth_path}: checkpoint file not found')
+    checkpoint = load_checkpoint_file(path)
+    if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
+        return checkpoint['state_dict']
+    if isinstance(checkpoint, dict) and checkpoint and all(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise UserError(f'{pth_path}: expected an mmengine checkpoint with a `state_dict` entry')
+
+
+def llm_state_dict(state_dict):
+    """Strip ``SupervisedFinetune``'s ``llm.`` prefix; reject a state dict without it."""
+    llm_keys = {k[len(CHECKPOINT_LLM_PREFIX):]: v for k, v in state_dict.items()
+                if k.startswith(CHECKPOINT_LLM_PREFIX)}
+    if not llm_keys:
+        example = next(iter(state_dict), '<empty>')
+        raise UserError(
+            f'checkpoint holds no `llm.` weights (first key: {example!r}); '
+            'expected a SupervisedFinetune checkpoint')
+    return llm_keys
+
+
+def is_lora_state_dict(state_dict):
+    """True when the (prefix-stripped) state dict holds LoRA tensors."""
+    return any(marker in key for key in state_dict for marker in LORA_KEY_MARKERS)
+
+
+def _as_dtype(value):
+    if value is None or value == 'auto':
+        return None
+    if isinstance(value, torch.dtype):
+        return value
+    built = build_nested(value)
+    if isinstance(built, torch.dtype):
+        return built
+    raise ConfigError(f'model.llm: cannot read dtype {value!r}; expected e.g. torch.bfloat16')
+
+
+def llm_source(cfg):
+    """Read the base model's path, trust_remote_code and dtype from ``cfg.model.llm``."""
+    llm_cfg = cfg.model.llm
+    if not isinstance(llm_cfg, dict):
+        raise ConfigError('model.llm: expected a dict with pretrained_model_name_or_path')
+    path = llm_cfg.get('pretrained_model_name_or_path')
+    if not path:
+        raise ConfigError('model.llm: expected a `pretrained_model_name_or_path` entry')
+    dtype = llm_cfg.get('dtype', llm_cfg.get('torch_dtype'))
+    return LlmSource(path=str(path),
+                     trust_remote_code=bool(llm_cfg.get('trust_remote_code', False)),
+                     dtype=_as_dtype(dtype))
+
+
+def build_meta_llm(source):
+    """The base model's architecture on the meta device: module names, no memory.
+
+    Quantization settings are ignored on purpose: a bitsandbytes Linear4bit and an
+    ``nn.Linear`` have the same name and the same LoRA keys.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        hf_config = AutoConfig.from_pretrained(source.path,
+                                               trust_remote_code=source.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f'model.llm: cannot read the config of {source.path!r}: '
+                          f'{str(error).splitlines()[0]}') from None
+    hf_config.name_or_path = source.path
+    with torch.device('meta'):
+        model = AutoModelForCausalLM.from_config(
+            hf_config, trust_remote_code=source.trust_remote_code)
+    model.name_or_path = source.path
+    return model
+
+
+def build_adapter_config(cfg, meta_model, base_path):
+    """The ``LoraConfig`` training used, built by the same function training calls."""
+    lora_cfg = cfg.model.get('lora')
+    if lora_cfg is None:
+        raise ConfigError('the checkpoint holds LoRA weights but the config has no model.lora')
+    lora_config = build_lora_config(dict(lora_cfg) if isinstance(lora_cfg, dict) else lora_cfg,
+                                    meta_model)
+    lora_config.base_model_name_or_path = base_path
+    return lora_config
+
+
+def _check_loaded(result, what, wanted):
+    """Raise when the checkpoint misses weights the export needs, or has unknown ones."""
+    missing = [k for k in result.missing_keys if wanted(k)]
+    if result.unexpected_keys or missing:
+        problem = (f'{len(result.unexpected_keys)} unknown weights, e.g. '
+                   f'{result.unexpected_keys[0]!r}' if result.unexpected_keys else
+                   f'{len(missing)} missing weights, e.g. {missing[0]!r}')
+        raise UserError(f'checkpoint does not match the config\'s {what}: {problem}')
+
+
+def export_adapter(cfg, state_dict, save_dir, dtype=None):
+    """Write a PEFT adapter folder from a LoRA checkpoint's (prefix-stripped) state dict.
+
+    ``dtype`` casts the adapter tensors (None keeps them as trained).
+    Returns the saved folder.
+    """
+    from peft import get_peft_model
+
+    source = llm_source(cfg)
+    meta_model = build_meta_llm(source)
+    lora_config = build_adapter_config(cfg, meta_model, source.path)
+    peft_model = get_peft_model(meta_model, lora_config)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+               for k, v in state_dict.items()}
+    result = peft_model.load_state_dict(tensors, strict=False, assign=True)
+    _check_loaded(result, 'LoRA adapter',
+                  wanted=lambda key: any(marker in key for marker in LORA_KEY_MARKERS))
+    peft_model.save_pretrained(str(save_dir), safe_serialization=True)
+    return Path(save_dir)
+
+
+def export_full_model(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB',
+                      safe_serialization=True):
+    """Write a full HF model folder from a full fine-tune's (prefix-stripped) state dict."""
+    source = llm_source(cfg)
+    model = build_meta_llm(source)
+    target_dtype = dtype or source.dtype or DEFAULT_EXPORT_DTYPE
+    tensors = {k: (v.to(target_dtype) if v.is_floating_point() else v)
+               for k, v in state_dict.items()}
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    tied = set(getattr(model, 'all_tied_weights_keys', None) or {})
+    _check_loaded(result, 'model', wanted=lambda key: key not in tied)
+    if result.missing_keys:
+        model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.device.type == 'meta']
+    if still_meta:
+        raise UserError(f'checkpoint lacks {len(still_meta)} weights of the model, '
+                        f'e.g. {still_meta[0]!r}')
+    model.config.dtype = target_dtype
+    model.save_pretrained(str(save_dir), max_shard_size=max_shard_size,
+                          safe_serialization=safe_serialization)
+    return Path(save_dir)
+
+
+def save_config_beside(cfg, save_dir, name='xft_config.py'):
+    """Dump the training config next to the export so the result says how it was made."""
+    target = Path(save_dir) / name
+    cfg.dump(str(target))
+    return target
+
+
+def read_adapter_base_path(adapter_dir):
+    """The base model an adapter folder names in its adapter_config.json."""
+    config_file = Path(adapter_dir) / 'adapter_config.json'
+    if not config_file.is_file():
+        raise UserError(f'{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)')
+    return json.loads(config_file.read_text()).get('base_model_name_or_path')

@@ -1,0 +1,116 @@
+"""SupervisedFinetune: an HF causal LM (+ LoRA, + 4/8-bit) as an mmengine model."""
+from collections import OrderedDict
+
+from mmengine.logging import print_log
+from mmengine.model import BaseModel
+from torch import nn
+
+from xft.registry import build_nested
+from xft.utils.errors import ConfigError
+
+from .lora import attach_lora
+from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
+
+
+def build_llm(llm) -> nn.Module:
+    """Build the HF model from its config dict (or take a built one as it is).
+
+    ``llm`` is XTuner's dict, for example
+    ``dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=...,
+    torch_dtype='torch.bfloat16', quantization_config=dict(type=BitsAndBytesConfig, ...))``.
+    transformers 5 renamed ``torch_dtype`` to ``dtype``; both spellings are accepted.
+    """
+    if isinstance(llm, nn.Module):
+        return llm
+    if not isinstance(llm, dict) or 'type' not in llm:
+        raise ConfigError(f'model.llm: expected a dict with a type (e.g. AutoModelForCausalLM.from_pretrained), got {llm!r}')
+    llm = dict(llm)
+    if 'torch_dtype' in llm:
+        llm.setdefault('dtype', llm.pop('torch_dtype'))
+    return build_nested(llm)
+
+
+class SupervisedFinetune(BaseModel):
+    """Supervised fine-tuning of a causal LM: full, LoRA, or QLoRA (LoRA over a quantized base).
+
+    Args:
+        llm: the HF model's config dict (XTuner vocabulary) or a built model.
+        lora: a ``LoraConfig`` dict; ``None`` trains every weight (full fine-tuning).
+            Target modules default to every linear layer except the output head.
+        use_activation_checkpointing: recompute activations in the backward pass to save memory.
+        use_varlen_attn: packed rows carry per-sample boundaries that attention must respect.
+    """
+
+    def __init__(self, llm, lora=None, peft_model=None, use_activation_checkpointing=True,
+                 use_varlen_attn=False, tokenizer=None, max_position_embeddings=None,
+                 data_preprocessor=None, init_cfg=None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if peft_model is not None:
+            raise ConfigError('model.peft_model: loading a saved adapter to continue training is not supported; '
+                              'convert it with tools/merge.py and train on the merged model')
+        llm = build_llm(llm)
+        quantized = is_quantized(llm)
+        if quantized and lora is None:
+            raise ConfigError('model: a quantized llm (quantization_config) can only be trained with LoRA; '
+                              'set model.lora or drop the quantization_config')
+        if lora is not None:
+            freeze_base(llm)
+        keep_4bit_weights_trainable_on_cpu(llm)
+        if use_activation_checkpointing:
+            # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+        # The KV cache is useless in training and costs memory; generation turns it on per call.
+        llm.config.use_cache = False
+        self.llm = attach_lora(llm, lora) if lora is not None else llm
+        self.use_varlen_attn = use_varlen_attn
+        self.register_load_state_dict_post_hook(_ignore_missing_frozen_weights)
+        print_log(f'SupervisedFinetune: {"QLoRA" if quantized else "LoRA" if lora is not None else "full"} '
+                  f'fine-tuning, {self.num_trainable_parameters():,} trainable parameters', logger='current')
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def init_weights(self):
+        """The HF model arrives initialized (or pretrained); mmengine's default would crash on
+        4-bit uint8 parameters, and re-initializing would destroy pretrained weights."""
+
+    def trainable_state_keys(self, prefix='') -> set:
+        return {prefix + name for name, param in self.named_parameters() if param.requires_grad}
+
+    def state_dict(self, *args, destination=None, prefix='', keep_vars=False):
+        """Only the trainable weights, so a 7B LoRA checkpoint is megabytes, not gigabytes."""
+        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        keep = self.trainable_state_keys(prefix)
+        return OrderedDict((key, value) for key, value in full.items() if key in keep)
+
+    def forward(self, data, data_samples=None, mode='loss'):
+        if mode == 'loss':
+            return self.compute_loss(data)
+        if mode == 'predict':
+            return self.llm(**_model_inputs(data)).logits
+        if mode == 'tensor':
+            return self.llm(**_model_inputs(data))
+        raise ValueError(f"SupervisedFinetune.forward: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def compute_loss(self, data) -> dict:
+        """Mean cross-entropy over the tokens whose label is not IGNORE_INDEX."""
+        outputs = self.llm(**_model_inputs(data), labels=data['labels'])
+        return {'loss': outputs.loss}
+
+    def gradient_checkpointing_active(self) -> bool:
+        return bool(getattr(self.llm, 'is_gradient_checkpointing', False))
+
+
+def _model_inputs(data: dict) -> dict:
+    """The batch keys the HF forward understands (labels go separately)."""
+    return {key: value for key, value in data.items()
+            if key in ('input_ids', 'attention_mask', 'position_ids') and value is not None}
+
+
+def _ignore_missing_frozen_weights(module, incompatible_keys):
+    """Checkpoints hold only trainable weights; frozen ones are not 'missing'."""
+    trainable = module.trainable_state_keys()
+    incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if key in trainable]
+
+
+__all__ = ['SupervisedFinetune', 'build_llm']
