@@ -148,6 +148,21 @@ def build_adapter_config(cfg, meta_model, base_path):
     return lora_config
 
 
+def _assign_checked(model, tensors, what, wanted):
+    """Assign checkpoint tensors into the meta model; raise when they do not fit it.
+
+    ``wanted(key)`` says which model weights the checkpoint must provide.
+    """
+    own = model.state_dict()
+    for key, tensor in tensors.items():
+        if key in own and own[key].shape != tensor.shape:
+            raise UserError(f'checkpoint does not match the config\'s {what}: {key} has shape '
+                            f'{tuple(tensor.shape)}, the config builds {tuple(own[key].shape)}')
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    _check_loaded(result, what, wanted)
+    return result
+
+
 def _check_loaded(result, what, wanted):
     """Raise when the checkpoint misses weights the export needs, or has unknown ones."""
     missing = [k for k in result.missing_keys if wanted(k)]
@@ -172,9 +187,8 @@ def export_adapter(cfg, state_dict, save_dir, dtype=None):
     peft_model = get_peft_model(meta_model, lora_config)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                for k, v in state_dict.items()}
-    result = peft_model.load_state_dict(tensors, strict=False, assign=True)
-    _check_loaded(result, 'LoRA adapter',
-                  wanted=lambda key: any(marker in key for marker in LORA_KEY_MARKERS))
+    _assign_checked(peft_model, tensors, 'LoRA adapter',
+                    wanted=lambda key: any(marker in key for marker in LORA_KEY_MARKERS))
     peft_model.save_pretrained(str(save_dir), safe_serialization=True)
     return Path(save_dir)
 
@@ -187,9 +201,8 @@ def export_full_model(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB
     target_dtype = dtype or source.dtype or DEFAULT_EXPORT_DTYPE
     tensors = {k: (v.to(target_dtype) if v.is_floating_point() else v)
                for k, v in state_dict.items()}
-    result = model.load_state_dict(tensors, strict=False, assign=True)
     tied = set(getattr(model, 'all_tied_weights_keys', None) or {})
-    _check_loaded(result, 'model', wanted=lambda key: key not in tied)
+    result = _assign_checked(model, tensors, 'model', wanted=lambda key: key not in tied)
     if result.missing_keys:
         model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.device.type == 'meta']

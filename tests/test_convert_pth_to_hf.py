@@ -1,0 +1,132 @@
+"""pth_to_hf: LoRA, QLoRA and full checkpoints become folders the HF world loads."""
+import json
+
+import pytest
+import torch
+from conftest_convert import SAMPLE_TEXT, make_checkpoint
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
+from xft.tools.pth_to_hf import main as pth_to_hf_main
+
+
+def _ids(model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return torch.tensor([tokenizer.encode(SAMPLE_TEXT)])
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.fixture(scope='module')
+def lora_run(tmp_path_factory, tiny_llama_dir):
+    tmp = tmp_path_factory.mktemp('lora_run')
+    config, checkpoint, model = make_checkpoint(tmp, tiny_llama_dir, 'lora')
+    out = tmp / 'adapter'
+    assert pth_to_hf_main([str(config), str(checkpoint), str(out)]) == 0
+    return model, out
+
+
+def test_lora_checkpoint_becomes_peft_adapter_with_trained_logits(lora_run, tiny_llama_dir):
+    from peft import PeftModel
+    trained, out = lora_run
+    assert (out / 'adapter_config.json').is_file()
+    assert (out / 'adapter_model.safetensors').is_file()
+    adapter_config = json.loads((out / 'adapter_config.json').read_text())
+    assert adapter_config['base_model_name_or_path'] == str(tiny_llama_dir)
+    # Default targets: every linear layer but the head, as training chose them.
+    assert sorted(adapter_config['target_modules']) == [
+        'down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
+
+    ids = _ids(tiny_llama_dir)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    base_logits = _logits(base, ids)
+    loaded = PeftModel.from_pretrained(base, str(out))
+    loaded_logits = _logits(loaded, ids)
+    trained_logits = _logits(trained.llm, ids)
+    assert (trained_logits - base_logits).abs().max() > 1e-3  # the adapter does something
+    torch.testing.assert_close(loaded_logits, trained_logits, rtol=0, atol=1e-5)
+
+
+def test_adapter_loads_through_auto_peft_and_carries_tokenizer_and_config(lora_run):
+    from peft import AutoPeftModelForCausalLM
+    trained, out = lora_run
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    ids = _ids(out)
+    torch.testing.assert_close(_logits(model, ids), _logits(trained.llm, ids), rtol=0, atol=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert '<|im_start|>' in tokenizer.chat_template
+    assert (out / 'xft_config.py').is_file()
+
+
+def test_qlora_checkpoint_converts_without_loading_the_quantized_base(
+        tmp_path, tiny_llama_dir, monkeypatch):
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig
+    config, checkpoint, trained = make_checkpoint(tmp_path, tiny_llama_dir, 'qlora')
+    # Conversion must not load weights: any from_pretrained of a model would be a second load.
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, 'from_pretrained',
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    out = tmp_path / 'qlora_adapter'
+    assert pth_to_hf_main([str(config), str(checkpoint), str(out)]) == 0
+    assert calls == []
+    monkeypatch.undo()
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',
+                                      bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir),
+                                                quantization_config=quantization)
+    # Same 4-bit kernel path as training (bitsandbytes' CPU bf16 repack computes differently).
+    keep_4bit_weights_trainable_on_cpu(base)
+    loaded = PeftModel.from_pretrained(base, str(out))
+    ids = _ids(tiny_llama_dir)
+    torch.testing.assert_close(_logits(loaded, ids), _logits(trained.llm, ids), rtol=0, atol=1e-4)
+
+
+def test_full_checkpoint_becomes_sharded_model_folder(tmp_path, tiny_llama_dir):
+    config, checkpoint, trained = make_checkpoint(tmp_path, tiny_llama_dir, 'full')
+    out = tmp_path / 'full'
+    assert pth_to_hf_main([str(config), str(checkpoint), str(out),
+                           '--max-shard-size', '100KB']) == 0
+    shards = sorted(p.name for p in out.glob('*.safetensors'))
+    assert len(shards) > 1 and (out / 'model.safetensors.index.json').is_file()
+    assert not list(out.glob('*.bin'))
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.dtype == torch.float32  # the config's dtype
+    ids = _ids(out)
+    torch.testing.assert_close(_logits(model, ids), _logits(trained.llm, ids), rtol=0, atol=1e-6)
+    assert '<|im_start|>' in AutoTokenizer.from_pretrained(str(out)).chat_template
+
+
+def test_cfg_options_reach_the_export(tmp_path, tiny_llama_dir, capsys):
+    config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'lora')
+    out = tmp_path / 'adapter_r4'
+    capsys.readouterr()  # drop the model build's own output
+    # The checkpoint was trained with r=8; claiming r=4 must be caught, not saved.
+    code = pth_to_hf_main([str(config), str(checkpoint), str(out),
+                           '--cfg-options', 'model.lora.r=4'])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'does not match' in err
+
+
+@pytest.mark.parametrize('problem', ['missing_pth', 'missing_config', 'not_xft_checkpoint'])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, tiny_llama_dir, capsys, problem):
+    config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'lora')
+    if problem == 'missing_pth':
+        checkpoint = tmp_path / 'nope.pth'
+    elif problem == 'missing_config':
+        config = tmp_path / 'nope_cfg.py'
+    else:
+        torch.save({'state_dict': {'backbone.weight': torch.zeros(2)}}, str(checkpoint))
+    capsys.readouterr()
+    code = pth_to_hf_main([str(config), str(checkpoint), str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and 'Traceback' not in err

@@ -1,0 +1,3 @@
+from xft.tools.pth_to_hf import main
+
+raise SystemExit(main())

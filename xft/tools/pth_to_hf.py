@@ -1,0 +1,116 @@
+"""``xft convert pth_to_hf CONFIG PTH SAVE_DIR``: a training checkpoint becomes an HF folder.
+
+A LoRA/QLoRA checkpoint becomes a PEFT adapter folder (``adapter_config.json`` +
+``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` and
+``AutoPeftModelForCausalLM`` load; a full fine-tune becomes a full model folder with sharded
+safetensors. Either way the tokenizer is saved beside it (with a ``chat_template`` rendering the
+config's prompt template, when there is one) and so is the config. The base model is built on the
+meta device only: no weights are loaded twice and no GPU is needed (see ``xft.model.export``).
+
+Example::
+
+    $ python tools/pth_to_hf.py configs/smollm2_135m_qlora_self_cognition.py \\
+          work_dirs/smollm2_135m_qlora_self_cognition/iter_40.pth work_dirs/hf_adapter
+    [1/4] reading checkpoint ... 0.1 s (128 tensors, LoRA)
+    ...
+    saved a PEFT adapter to work_dirs/hf_adapter in 1.9 s
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+from xft.engine.config import DictAction
+from xft.model.chat_template import save_tokenizer_with_chat_template
+from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
+                              llm_state_dict, load_training_config, read_checkpoint_state_dict,
+                              save_config_beside)
+from xft.registry import build_nested
+from xft.utils.errors import UserError
+
+STEPS = 4
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='pth_to_hf', description='Convert an xft training checkpoint to a Hugging Face '
+        'PEFT adapter (LoRA/QLoRA) or a full model folder (full fine-tune).')
+    parser.add_argument('config', help='the training config (a path or a config zoo name)')
+    parser.add_argument('pth_model', help='the checkpoint, e.g. work_dirs/<cfg>/iter_500.pth')
+    parser.add_argument('save_dir', help='the folder to write')
+    parser.add_argument('--fp32', action='store_true',
+                        help='save float32 weights (default: the dtype the config trains in, '
+                        'fp16 when it names none; LoRA adapters keep their trained dtype)')
+    parser.add_argument('--max-shard-size', default='2GB',
+                        help='largest safetensors shard of a full model (default 2GB)')
+    parser.add_argument('--safe-serialization', dest='safe_serialization', default=True,
+                        action=argparse.BooleanOptionalAction,
+                        help='write safetensors (default) or, with --no-safe-serialization, .bin')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='override config entries, e.g. model.lora.r=16')
+    return parser.parse_args(argv)
+
+
+class _Progress:
+    """Prints ``[i/n] what ... seconds`` for each step of the conversion."""
+
+    def __init__(self, total):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def step(self, what):
+        self.done += 1
+        print(f'[{self.done}/{self.total}] {what} ...', flush=True)
+        return time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.started
+
+
+def convert(args):
+    progress = _Progress(STEPS)
+    progress.step(f'reading config {args.config}')
+    cfg = load_training_config(args.config, args.cfg_options)
+
+    progress.step(f'reading checkpoint {args.pth_model}')
+    state_dict = llm_state_dict(read_checkpoint_state_dict(args.pth_model))
+    lora = is_lora_state_dict(state_dict)
+    n_params = sum(t.numel() for t in state_dict.values())
+    print(f'      {len(state_dict)} tensors, {n_params:,} parameters, '
+          f'{"LoRA adapter" if lora else "full model"}', flush=True)
+
+    dtype = torch.float32 if args.fp32 else None
+    progress.step(f'writing {"PEFT adapter" if lora else "full model"} to {args.save_dir} '
+                  '(base built on the meta device)')
+    if lora:
+        export_adapter(cfg, state_dict, args.save_dir, dtype=dtype)
+    else:
+        export_full_model(cfg, state_dict, args.save_dir, dtype=dtype,
+                          max_shard_size=args.max_shard_size,
+                          safe_serialization=args.safe_serialization)
+    del state_dict
+
+    progress.step('saving tokenizer and config')
+    if cfg.get('tokenizer') is not None:
+        tokenizer = build_nested(dict(cfg.tokenizer))
+        template = cfg.get('prompt_template')
+        wrote = save_tokenizer_with_chat_template(tokenizer, template, args.save_dir)
+        if template is not None and not wrote:
+            print('      (the prompt template defers to the tokenizer\'s own chat_template)')
+    save_config_beside(cfg, args.save_dir)
+    kind = 'a PEFT adapter' if lora else 'a full model'
+    print(f'saved {kind} to {args.save_dir} in {progress.elapsed():.1f} s', flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        convert(args)
+    except UserError as error:
+        print(f'pth_to_hf: {error}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
