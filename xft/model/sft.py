@@ -58,7 +58,7 @@ class SupervisedFinetune(BaseModel):
         keep_4bit_weights_trainable_on_cpu(llm)
         if use_activation_checkpointing:
             # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
-            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+            enable_activation_checkpointing(llm)
         # The KV cache is useless in training and costs memory; generation turns it on per call.
         llm.config.use_cache = False
         self.llm = attach_lora(llm, lora) if lora is not None else llm
@@ -98,7 +98,25 @@ class SupervisedFinetune(BaseModel):
         return {'loss': outputs.loss}
 
     def gradient_checkpointing_active(self) -> bool:
-        return bool(getattr(self.llm, 'is_gradient_checkpointing', False))
+        return activation_checkpointing_active(self.llm)
+
+
+def enable_activation_checkpointing(llm) -> None:
+    """Recompute each decoder layer in backward. transformers 5.24 renamed the method
+    (``activation_checkpointing_enable``); 5.17, on the GPU machines, has only the old name.
+    Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine."""
+    options = {'use_reentrant': False}
+    if hasattr(llm, 'activation_checkpointing_enable'):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def activation_checkpointing_active(llm) -> bool:
+    for name in ('is_activation_checkpointing', 'is_gradient_checkpointing'):
+        if hasattr(type(llm), name) or hasattr(llm, name):
+            return bool(getattr(llm, name))
+    return False
 
 
 def _model_inputs(data: dict) -> dict:
