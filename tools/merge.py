@@ -1,0 +1,3 @@
+from xft.tools.merge import main
+
+raise SystemExit(main())
