@@ -1,0 +1,164 @@
+"""Where a sample becomes token ids: templated turns + tokenizer -> ``input_ids``, ``labels``.
+
+Loss falls on each turn's output (which already ends in the template's SUFFIX) and on the EOS
+that follows it when the template does not use its SUFFIX as EOS. Everything else -- BOS,
+system, user input, SEP -- gets ``IGNORE_INDEX``. A turn whose ``output_with_loss`` is False is
+encoded but not trained. The BOS (when the tokenizer has one) opens the sample once.
+
+Example (tiny tokenizer, template chatml, one turn)::
+
+    input_ids: <s> <|im_start|> user \\n Hi <|im_end|> \\n <|im_start|> assistant \\n Hello <|im_end|> \\n
+    labels:    -   -            -    -  -  -          -  -            -         -  Hello <|im_end|> -
+
+Two entry points share the same rules: ``encode_conversation`` for one sample (tools, tests)
+and ``encode_batch`` for ``datasets.map(batched=True)``, which tokenizes every text of the
+batch in one tokenizer call. ``encode_with_chat_template`` renders a conversation with the
+tokenizer's own jinja chat_template instead (template ``hf_chat_template``).
+"""
+from xft.utils.constants import IGNORE_INDEX
+from xft.utils.errors import ConfigError, DataError
+
+# Columns the encode step writes. ``num_truncated_tokens`` is read once for the log, then dropped.
+ENCODED_COLUMNS = ('input_ids', 'labels', 'length', 'num_trained_tokens', 'num_truncated_tokens')
+
+
+def special_token_ids(tokenizer):
+    """(bos_ids, eos_ids) as lists; empty when the tokenizer has no such token."""
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
+    return ([] if bos is None else [bos]), ([] if eos is None else [eos])
+
+
+def encode_conversation(conversation, tokenizer, max_length, input_ids_with_output=True):
+    """Encode one templated conversation (list of turns, see conversation.py)."""
+    texts = _turn_texts(conversation)
+    token_ids = _tokenize(tokenizer, texts)
+    return _assemble(conversation, iter(token_ids), special_token_ids(tokenizer), max_length,
+                     input_ids_with_output)
+
+
+def encode_batch(batch, tokenizer, max_length, input_ids_with_output=True):
+    """``datasets.map(batched=True)`` form of ``encode_conversation``."""
+    conversations = batch['conversation']
+    texts = [text for conversation in conversations for text in _turn_texts(conversation)]
+    token_ids = iter(_tokenize(tokenizer, texts))
+    special = special_token_ids(tokenizer)
+    encoded = [_assemble(conversation, token_ids, special, max_length, input_ids_with_output)
+               for conversation in conversations]
+    return {column: [sample[column] for sample in encoded] for column in ENCODED_COLUMNS}
+
+
+def _turn_texts(conversation):
+    # The order here is the order _assemble consumes token lists in: input, output, sep per turn.
+    texts = []
+    for turn in conversation:
+        texts.extend((turn['input'], turn['output'], turn['sep']))
+    return texts
+
+
+def _tokenize(tokenizer, texts):
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)['input_ids']
+
+
+def _assemble(conversation, token_ids, special, max_length, input_ids_with_output):
+    bos, eos = special
+    input_ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
+    for turn in conversation:
+        input_part, output_part, sep_part = next(token_ids), next(token_ids), next(token_ids)
+        input_ids += input_part
+        labels += [IGNORE_INDEX] * len(input_part)
+        if not input_ids_with_output:
+            continue
+        trained = turn['output_with_loss']
+        input_ids += output_part
+        labels += output_part if trained else [IGNORE_INDEX] * len(output_part)
+        if turn['need_eos_token'] is not False and turn['output']:
+            if not eos:
+                raise ConfigError('the tokenizer has no eos_token, but the template needs one '
+                                  'after each reply (SUFFIX_AS_EOS is False); set eos_token or '
+                                  'use a template whose SUFFIX ends the reply')
+            input_ids += eos
+            labels += eos if trained else [IGNORE_INDEX] * len(eos)
+        input_ids += sep_part
+        labels += [IGNORE_INDEX] * len(sep_part)
+    return _finish(input_ids, labels, max_length)
+
+
+def _finish(input_ids, labels, max_length):
+    num_truncated = max(0, len(input_ids) - max_length)
+    if num_truncated:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {'input_ids': input_ids, 'labels': labels, 'length': len(input_ids),
+            'num_trained_tokens': sum(label != IGNORE_INDEX for label in labels),
+            'num_truncated_tokens': num_truncated}
+
+
+# --- the tokenizer's own chat_template --------------------------------------------------------
+
+def conversation_to_messages(conversation):
+    """Turns (system/input/output) -> OpenAI-style messages for ``apply_chat_template``."""
+    messages = []
+    for turn in conversation:
+        if turn['system']:
+            messages.append({'role': 'system', 'content': turn['system']})
+        messages.append({'role': 'user', 'content': turn['input']})
+        messages.append({'role': 'assistant', 'content': turn['output']})
+    return messages
+
+
+def encode_with_chat_template(conversation, tokenizer, max_length, input_ids_with_output=True):
+    """Encode un-templated turns by rendering them with ``tokenizer.chat_template``.
+
+    The trained span of each reply is the text the template adds for the assistant message,
+    without its trailing whitespace (the SEP), found by rendering the conversation up to the
+    reply with and without it. The whole text is tokenized once, so the ids equal those of
+    ``apply_chat_template(messages, tokenize=True)``; labels come from the character offsets.
+    """
+    if not getattr(tokenizer, 'chat_template', None):
+        raise ConfigError("prompt template 'hf_chat_template' needs a tokenizer with a "
+                          'chat_template, and this tokenizer has none')
+    if not getattr(tokenizer, 'is_fast', False):
+        raise ConfigError("prompt template 'hf_chat_template' needs a fast tokenizer "
+                          '(character offsets)')
+    messages = conversation_to_messages(conversation)
+    if not input_ids_with_output:
+        messages = [m for m in messages if m['role'] != 'assistant'][:2]
+        text = _render(tokenizer, messages, add_generation_prompt=True)
+        input_ids = _encode_text(tokenizer, text)[0]
+        return _finish(input_ids, [IGNORE_INDEX] * len(input_ids), max_length)
+    trained_spans = []
+    assistant_positions = [i for i, m in enumerate(messages) if m['role'] == 'assistant']
+    for turn, position in zip(conversation, assistant_positions):
+        prompt = _render(tokenizer, messages[:position], add_generation_prompt=True)
+        with_reply = _render(tokenizer, messages[:position + 1], add_generation_prompt=False)
+        if not with_reply.startswith(prompt):
+            raise ConfigError('the chat_template renders a prompt that is not a prefix of the '
+                              'prompt plus the reply; its replies cannot be located for the loss')
+        reply_end = len(with_reply.rstrip())
+        if turn['output_with_loss'] and reply_end > len(prompt):
+            trained_spans.append((len(prompt), reply_end))
+    text = _render(tokenizer, messages, add_generation_prompt=False)
+    input_ids, offsets = _encode_text(tokenizer, text)
+    labels = [token if _inside(span, trained_spans) else IGNORE_INDEX
+              for token, span in zip(input_ids, offsets)]
+    return _finish(input_ids, labels, max_length)
+
+
+def _render(tokenizer, messages, add_generation_prompt):
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as error:  # jinja raises its own exception types
+        raise DataError(f'the chat_template cannot render this conversation: {error}') from None
+
+
+def _encode_text(tokenizer, text):
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return encoding['input_ids'], encoding['offset_mapping']
+
+
+def _inside(token_span, spans):
+    start, end = token_span
+    return end > start and any(lo <= start and end <= hi for lo, hi in spans)

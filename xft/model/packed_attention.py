@@ -1,0 +1,119 @@
+"""Attention for packed rows: samples packed into one row never attend to each other.
+
+A packed batch from ``xft.dataset.collate_fns.default_collate_fn`` carries ``cumulative_len``
+(per row, the sample boundaries [0, ..., L]) and ``max_seqlen``, besides ``input_ids``,
+``labels``, ``attention_mask`` and restarting ``position_ids``. ``packed_attention_kwargs``
+turns that batch into the keyword arguments of a Hugging Face causal-LM forward:
+
+==========================  ================================================================
+attn_implementation         what keeps samples apart
+==========================  ================================================================
+flash_attention_2/3, any    ``cu_seq_lens_q/k`` + ``max_length_q/k`` (flash-attn's varlen kernel)
+name containing 'flash'     and no attention_mask; HF's flash path reads them from the kwargs
+``xft_varlen``              the same arguments, run by torch's ``varlen_attn`` (torch >= 2.10,
+                            CUDA); registered by ``register_varlen_attention()``
+sdpa                        a block-diagonal causal boolean mask (B, 1, L, L)
+eager (and anything else)   the same mask as an additive float mask in ``dtype``
+==========================  ================================================================
+
+Batches without ``cumulative_len`` (unpacked rows) pass through unchanged. The function never
+modifies ``data``. A 4D mask is returned as-is by transformers' mask builder (5.17 and 5.24),
+so no model class is patched.
+
+How ``SupervisedFinetune.forward`` calls it::
+
+    kwargs = packed_attention_kwargs(data, self.llm.config._attn_implementation,
+                                     dtype=self.llm.dtype)
+    outputs = self.llm(**kwargs)          # kwargs still holds 'labels'
+"""
+import torch
+
+PACKED_KEYS = ('cumulative_len', 'max_seqlen')
+VARLEN_ATTENTION_NAME = 'xft_varlen'
+
+
+def packed_attention_kwargs(data, attn_implementation, dtype=torch.float32):
+    """Forward kwargs for ``data`` (a collated batch); see the module docstring."""
+    kwargs = {key: value for key, value in data.items() if key not in PACKED_KEYS}
+    cumulative = data.get('cumulative_len')
+    if cumulative is None:
+        return kwargs
+    implementation = attn_implementation or 'eager'
+    if 'flash' in implementation or implementation == VARLEN_ATTENTION_NAME:
+        kwargs.update(varlen_kwargs(cumulative, data['input_ids'].shape[1]))
+        kwargs['attention_mask'] = None
+        return kwargs
+    segments = segment_ids(cumulative, data['input_ids'].shape[1]).to(data['input_ids'].device)
+    allowed = block_causal_mask(segments)
+    if implementation == 'sdpa':
+        kwargs['attention_mask'] = allowed
+    else:
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        kwargs['attention_mask'] = additive.masked_fill(~allowed, torch.finfo(dtype).min)
+    return kwargs
+
+
+def segment_ids(cumulative_len, width):
+    """(B, L) long tensor: the index of the sample each position belongs to."""
+    rows = []
+    for cumulative in cumulative_len:
+        cumulative = torch.as_tensor(cumulative, dtype=torch.long)
+        lengths = cumulative[1:] - cumulative[:-1]
+        rows.append(torch.repeat_interleave(torch.arange(len(lengths)), lengths)[:width])
+    return torch.stack(rows)
+
+
+def block_causal_mask(segments):
+    """(B, 1, L, L) bool: query i may see key j when j <= i and both are in one sample."""
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    same_sample = segments.unsqueeze(2) == segments.unsqueeze(1)
+    return (same_sample & causal).unsqueeze(1)
+
+
+def varlen_kwargs(cumulative_len, width):
+    """flash-attn varlen arguments over the flattened batch (row b starts at b * width)."""
+    pieces = [torch.as_tensor(c, dtype=torch.int32)[:-1] + row * width
+              for row, c in enumerate(cumulative_len)]
+    device = cumulative_len[0].device if torch.is_tensor(cumulative_len[0]) else None
+    cu_seqlens = torch.cat(pieces + [torch.tensor([len(cumulative_len) * width],
+                                                  dtype=torch.int32)]).to(device)
+    max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return {'cu_seq_lens_q': cu_seqlens, 'cu_seq_lens_k': cu_seqlens,
+            'max_length_q': max_length, 'max_length_k': max_length}
+
+
+def register_varlen_attention():
+    """Register ``attn_implementation='xft_varlen'``: torch's varlen_attn over cu_seq_lens.
+
+    Needs torch's ``torch.nn.attention.varlen.varlen_attn`` (CUDA). Returns the name to pass as
+    ``attn_implementation``. Unpacked batches (no cu_seq_lens) fall back to SDPA.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION_NAME, _varlen_attention_forward)
+    # Unpacked batches need the ordinary causal/padding mask for the SDPA fallback.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION_NAME, sdpa_mask)
+    return VARLEN_ATTENTION_NAME
+
+
+def _varlen_attention_forward(module, query, key, value, attention_mask, scaling=None,
+                              dropout=0.0, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                              max_length_q=None, max_length_k=None, **kwargs):
+    """query/key/value: (B, heads, L, D). Returns (B, L, heads, D) and no weights."""
+    if cu_seq_lens_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    from torch.nn.attention.varlen import varlen_attn
+
+    batch, heads, width, head_dim = query.shape
+    groups = heads // key.shape[1]
+    if groups > 1:  # grouped-query attention: give every query head its key/value head
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    flat = [t.transpose(1, 2).reshape(batch * width, heads, head_dim) for t in (query, key, value)]
+    output = varlen_attn(*flat, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
+                         scale=scaling)
+    return output.reshape(batch, width, heads, head_dim), None
