@@ -3,7 +3,8 @@
 Loss falls on each turn's output (which already ends in the template's SUFFIX) and on the EOS
 that follows it when the template does not use its SUFFIX as EOS. Everything else -- BOS,
 system, user input, SEP -- gets ``IGNORE_INDEX``. A turn whose ``output_with_loss`` is False is
-encoded but not trained. The BOS (when the tokenizer has one) opens the sample once.
+encoded but not trained. The BOS (when the tokenizer has one) opens the sample once, unless
+the text already starts with that token.
 
 Example (tiny tokenizer, template chatml, one turn)::
 
@@ -64,7 +65,7 @@ def _tokenize(tokenizer, texts):
 
 def _assemble(conversation, token_ids, special, max_length, input_ids_with_output):
     bos, eos = special
-    input_ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
+    input_ids, labels = [], []
     for turn in conversation:
         input_part, output_part, sep_part = next(token_ids), next(token_ids), next(token_ids)
         input_ids += input_part
@@ -83,6 +84,11 @@ def _assemble(conversation, token_ids, special, max_length, input_ids_with_outpu
             labels += eos if trained else [IGNORE_INDEX] * len(eos)
         input_ids += sep_part
         labels += [IGNORE_INDEX] * len(sep_part)
+    # Some tokenizers use a template token as BOS (SmolLM2's BOS is <|im_start|>): when the
+    # text already opens with it, adding another would make the sample differ from the model's
+    # own chat format.
+    if bos and input_ids[:len(bos)] != bos:
+        input_ids, labels = bos + input_ids, [IGNORE_INDEX] * len(bos) + labels
     return _finish(input_ids, labels, max_length)
 
 

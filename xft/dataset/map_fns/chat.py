@@ -1,7 +1,8 @@
 """Multi-turn chat sets: guanaco text, OpenAI messages, ShareGPT conversations.
 
 Pure functions of one row returning ``{'conversation': [{'system', 'input', 'output'}, ...]}``.
-A trailing user message with no reply is dropped: it would carry no loss.
+A trailing user message with no reply is dropped: it would carry no loss. A conversation with
+no reply at all maps to [] and the pipeline drops and counts the row.
 """
 import re
 
@@ -179,6 +180,5 @@ def _pair_messages(messages, map_fn_name):
             # Two assistant messages in a row: the second continues the first reply.
             turns[-1] = dict(turns[-1], output=turns[-1]['output'] + '\n' + content)
         # else: an assistant message before any prompt is skipped, as in XTuner.
-    if not turns:
-        raise DataError(f'{map_fn_name}: the conversation has no assistant reply to train on')
+    # No reply at all (a lone question): [] drops the row, and the pipeline counts it.
     return turns

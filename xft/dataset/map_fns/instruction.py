@@ -59,10 +59,12 @@ def alpaca_zh_map_fn(example):
         {'conversation': [{'system': '', 'input': '保持健康的三个提示。\\n',
                            'output': '以下是保持健康的三个提示：...'}]}
 
-    The shared stand-in (``alpaca_zh/*.json``) uses the plain alpaca field names: use
-    ``alpaca_map_fn`` for it.
+    Rows without the ``*_zh`` fields are read with the plain alpaca names (``instruction``,
+    ``input``, ``output``), the layout of the shared stand-in ``alpaca_zh/alpaca_gpt4_zh_demo.json``.
     """
-    fields = "'instruction_zh', 'input_zh', 'output_zh'"
+    if example.get('instruction_zh') is None and example.get('instruction') is not None:
+        return alpaca_map_fn(example)
+    fields = "'instruction_zh', 'input_zh', 'output_zh' (or 'instruction', 'input', 'output')"
     instruction = require_text(example, 'instruction_zh', 'alpaca_zh_map_fn', fields)
     input_text = require_text(example, 'input_zh', 'alpaca_zh_map_fn', fields, default='')
     output = require_text(example, 'output_zh', 'alpaca_zh_map_fn', fields)
@@ -83,8 +85,18 @@ def code_alpaca_map_fn(example):
         {'conversation': [{'system': SYSTEM_TEMPLATE.coder,
                            'input': 'Create an array of length 5 which contains ...',
                            'output': 'arr = [2, 4, 6, 8, 10]'}]}
+
+    Rows in the upstream sahil280114/codealpaca layout (``instruction``, ``input``, ``output``,
+    the shared ``code_alpaca/code_alpaca_2k.json``) are read too.
     """
-    fields = "'prompt', 'completion'"
+    if example.get('prompt') is None and example.get('instruction') is not None:
+        fields = "'instruction', 'input', 'output'"
+        instruction = require_text(example, 'instruction', 'code_alpaca_map_fn', fields)
+        input_text = require_text(example, 'input', 'code_alpaca_map_fn', fields, default='')
+        prompt = _instruction_and_input(instruction, input_text) if input_text else instruction
+        return _single_turn(SYSTEM_TEMPLATE.coder, prompt,
+                            require_text(example, 'output', 'code_alpaca_map_fn', fields))
+    fields = "'prompt', 'completion' (or 'instruction', 'input', 'output')"
     return _single_turn(
         SYSTEM_TEMPLATE.coder,
         require_text(example, 'prompt', 'code_alpaca_map_fn', fields),
@@ -211,10 +223,16 @@ def medical_map_fn(example):
         {'conversation': [{'system': SYSTEM_TEMPLATE.medical, 'input': '血热的临床表现是什么?\\n',
                            'output': '初发或复发病不久。皮疹发展迅速，呈点滴状、钱币状或混合状。'}]}
 
-    The shared stand-in (``medical/medical_sft_1K_format.jsonl``) is ShareGPT: use
-    ``sharegpt_map_fn`` for it.
+    Rows in ShareGPT layout (``conversations``, the shared ``medical/medical_sft_1K_format.jsonl``)
+    are read as ShareGPT turns, with the medical system prompt on the first turn.
     """
-    fields = "'instruction', 'input', 'output'"
+    if example.get('conversations') is not None and example.get('instruction') is None:
+        from .chat import sharegpt_map_fn
+        turns = sharegpt_map_fn(example)['conversation']
+        if not turns[0]['system']:
+            turns[0] = dict(turns[0], system=SYSTEM_TEMPLATE.medical)
+        return {'conversation': turns}
+    fields = "'instruction', 'input', 'output' (or ShareGPT 'conversations')"
     instruction = require_text(example, 'instruction', 'medical_map_fn', fields)
     input_text = require_text(example, 'input', 'medical_map_fn', fields, default='')
     return _single_turn(SYSTEM_TEMPLATE.medical,
