@@ -1,0 +1,3 @@
+from xft.tools.chat import main
+
+raise SystemExit(main())
