@@ -163,3 +163,29 @@ def test_alpaca_nooutput_rows_are_dropped_and_counted(tmp_path, tiny_tokenizer):
     data, stats = run_pipeline(path, options)
     assert stats.rows_dropped_by_map_fn == 1 and len(data) == 1
     assert stats.first_dropped_row == f'{path} row 0'
+
+
+def test_hf_chat_template_through_the_pipeline(toy_rows, tiny_tokenizer):
+    import copy
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    data = process_hf_dataset(
+        toy_rows, tokenizer, 256, pack_to_max_length=False,
+        template_map_fn=dict(type=template_map_fn_factory, template='hf_chat_template'))
+    plain = process_hf_dataset(toy_rows, tokenizer, 256, pack_to_max_length=False,
+                               template_map_fn=chatml())
+    # The jinja has no BOS; otherwise it is ChatML, so the ids are chatml's without the BOS.
+    assert [ids[1:] for ids in plain['input_ids']] == data['input_ids']
+    assert [labels[1:] for labels in plain['labels']] == data['labels']
+
+
+def test_concat_dataset_joins_lengths(toy_rows, tiny_tokenizer):
+    from xft.dataset import ConcatDataset
+    part = dict(type=process_hf_dataset, dataset=str(toy_rows), tokenizer=tiny_tokenizer,
+                max_length=64, pack_to_max_length=False)
+    joined = ConcatDataset([part, dict(part, max_length=32)])
+    assert len(joined) == 24
+    assert len(joined.length) == 24 and max(joined.length[12:]) <= 32

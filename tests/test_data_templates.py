@@ -141,3 +141,12 @@ def test_hf_chat_template_needs_a_chat_template(tiny_tokenizer):
     conversation = normalize_conversation(CONVERSATION, 'test', allow_empty=False)
     with pytest.raises(ConfigError, match='chat_template'):
         encode_with_chat_template(conversation, tiny_tokenizer, 4096)
+
+
+def test_hf_chat_template_without_generation_prompt_is_refused(tiny_tokenizer):
+    import copy
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = CHATML_JINJA.split('{% if add_generation_prompt %}')[0]
+    conversation = normalize_conversation(CONVERSATION, 'test', allow_empty=False)
+    with pytest.raises(ConfigError, match='ignores add_generation_prompt'):
+        encode_with_chat_template(conversation, tokenizer, 4096)

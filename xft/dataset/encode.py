@@ -134,6 +134,7 @@ def encode_with_chat_template(conversation, tokenizer, max_length, input_ids_wit
         text = _render(tokenizer, messages, add_generation_prompt=True)
         input_ids = _encode_text(tokenizer, text)[0]
         return _finish(input_ids, [IGNORE_INDEX] * len(input_ids), max_length)
+    _check_generation_prompt(tokenizer, messages)
     trained_spans = []
     assistant_positions = [i for i, m in enumerate(messages) if m['role'] == 'assistant']
     for turn, position in zip(conversation, assistant_positions):
@@ -150,6 +151,14 @@ def encode_with_chat_template(conversation, tokenizer, max_length, input_ids_wit
     labels = [token if _inside(span, trained_spans) else IGNORE_INDEX
               for token, span in zip(input_ids, offsets)]
     return _finish(input_ids, labels, max_length)
+
+
+def _check_generation_prompt(tokenizer, messages):
+    first_user = messages[:1] if messages[0]['role'] == 'user' else messages[:2]
+    if _render(tokenizer, first_user, True) == _render(tokenizer, first_user, False):
+        raise ConfigError('the chat_template ignores add_generation_prompt, so the assistant '
+                          'header cannot be told apart from the reply; use a prompt template '
+                          'instead of hf_chat_template')
 
 
 def _render(tokenizer, messages, add_generation_prompt):

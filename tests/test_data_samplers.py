@@ -1,0 +1,59 @@
+"""LengthGroupedSampler: a permutation, batches of similar length, longest first, seeded."""
+import pytest
+
+from xft.dataset.samplers import DefaultSampler, LengthGroupedSampler
+from xft.utils.errors import ConfigError
+
+
+class Rows:
+    def __init__(self, lengths):
+        self.length = lengths
+
+    def __len__(self):
+        return len(self.length)
+
+
+def test_every_index_once_and_batches_grouped_by_length():
+    lengths = [(i * 37) % 101 + 1 for i in range(64)]
+    sampler = LengthGroupedSampler(Rows(lengths), per_device_batch_size=4, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(64)) and len(sampler) == 64
+    assert lengths[order[0]] == max(lengths)
+    # Within a mega-batch (64 // (4 * 4) = 4 batches -> 16 rows) lengths descend.
+    second_group = [lengths[i] for i in order[16:32]]
+    assert second_group == sorted(second_group, reverse=True)
+    assert list(LengthGroupedSampler(Rows(lengths), 4, seed=3)) == order
+
+
+def test_epochs_reshuffle():
+    sampler = LengthGroupedSampler(Rows(list(range(1, 41))), 2, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_round_up_repeats_to_fill_the_last_batch():
+    sampler = LengthGroupedSampler(Rows([3, 1, 2, 5, 4]), per_device_batch_size=4, seed=0)
+    assert len(list(sampler)) == 8
+
+
+def test_reads_the_length_column_of_a_processed_dataset(tiny_tokenizer, tmp_path):
+    import json
+    from xft.dataset import process_hf_dataset
+    path = tmp_path / 'd.json'
+    path.write_text(json.dumps([{'conversation': [{'input': 'q' * i, 'output': 'a'}]}
+                                for i in range(1, 9)]))
+    data = process_hf_dataset(path, tiny_tokenizer, 64, pack_to_max_length=False)
+    sampler = LengthGroupedSampler(data, per_device_batch_size=2, seed=0)
+    assert sorted(sampler) == list(range(8))
+
+
+def test_missing_length_is_a_config_error():
+    with pytest.raises(ConfigError, match="no 'length'"):
+        LengthGroupedSampler([1, 2, 3], per_device_batch_size=1, seed=0)
+
+
+def test_default_sampler_is_mmengines():
+    from mmengine.dataset import DefaultSampler as MMEngineDefaultSampler
+    assert DefaultSampler is MMEngineDefaultSampler
+    assert sorted(DefaultSampler(list(range(5)), shuffle=True, seed=0)) == list(range(5))
