@@ -5,9 +5,25 @@ classmethod such as ``AutoModelForCausalLM.from_pretrained``); ``MAP_FUNC`` name
 dataset map functions so that a config or a command line may refer to them by string.
 """
 import torch
-from mmengine.registry import Registry
+from mmengine.registry import Registry, build_from_cfg
 
-BUILDER = Registry('builder')
+
+def _build(cfg, registry, default_args=None):
+    """Call ``cfg['type']`` with the other entries when it is a callable.
+
+    mmengine's ``build_from_cfg`` first switches to the Runner's default scope
+    ('mmengine'), which our stand-alone registries are not part of, and warns at every
+    build; a config's ``type`` is nearly always the callable itself, so call it directly.
+    Registered names (strings) still go through mmengine.
+    """
+    if not callable(cfg.get('type')):
+        return build_from_cfg(cfg, registry, default_args)
+    kwargs = dict(default_args or {})
+    kwargs.update(cfg)
+    return kwargs.pop('type')(**kwargs)
+
+
+BUILDER = Registry('builder', build_func=_build)
 MAP_FUNC = Registry('map_fn')
 
 _DTYPE_PREFIX = 'torch.'

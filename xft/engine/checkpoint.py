@@ -6,6 +6,7 @@ checkpoint holds, so ``--resume`` fails. We register a loader for local paths (m
 own extension point, ``CheckpointLoader.register_scheme``) that keeps the weights-only
 unpickler and allows exactly the few extra types mmengine writes. Nothing else unpickles.
 """
+import codecs
 import os
 
 import numpy as np
@@ -24,8 +25,13 @@ def _numpy_globals() -> list:
 
 
 def safe_globals() -> list:
-    """The non-tensor types an mmengine checkpoint may contain."""
-    return [HistoryBuffer, *_numpy_globals()]
+    """The non-tensor types an mmengine checkpoint may contain.
+
+    ``HistoryBuffer`` pickles its statistics methods with ``getattr`` and numpy pickles
+    raw bytes with ``_codecs.encode``; with only these types on the list, ``getattr``
+    reaches attributes of allowed objects only.
+    """
+    return [HistoryBuffer, getattr, codecs.encode, *_numpy_globals()]
 
 
 def load_checkpoint_file(filename, map_location='cpu') -> dict:

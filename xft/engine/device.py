@@ -24,8 +24,8 @@ def adapt_optim_wrapper(cfg) -> None:
     name = wrapper_type if isinstance(wrapper_type, str) else getattr(wrapper_type, '__name__', '')
     if name != 'AmpOptimWrapper':
         return
-    from mmengine.optim import OptimWrapper
-    wrapper['type'] = OptimWrapper
+    # A registry name, not the class: the config is dumped to Python and must stay printable.
+    wrapper['type'] = 'OptimWrapper'
     for key in _AMP_ONLY_KEYS:
         wrapper.pop(key, None)
     print_log('No CUDA device: AmpOptimWrapper replaced by OptimWrapper (no mixed precision on CPU)',

@@ -1,0 +1,2 @@
+from .dataset_info_hook import DatasetInfoHook  # noqa: E402,F401
+from .evaluate_chat_hook import EvaluateChatHook  # noqa: E402,F401
