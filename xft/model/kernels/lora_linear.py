@@ -1,0 +1,138 @@
+"""A LoRA linear layer as one autograd function: `y = x W^T + b + s * (x A^T) B^T`.
+
+peft's LoRA layer runs the frozen base layer, then casts `x` to the adapter's fp32 dtype (a
+full copy of the activations), applies dropout, two matmuls, a scale and an add, and autograd
+keeps the fp32 copy for backward. Here the adapter runs in the activation dtype, the scale
+folds into the matmul, backward computes only what is needed (no grad for the frozen W), and
+the saved tensors are `x` (already kept by the caller) and the tiny `x A^T`. For a
+bitsandbytes 4-bit base the weight is dequantized on the fly in forward and again in
+backward, as bitsandbytes itself does.
+
+The adapter's parameters stay where peft put them (usually fp32, the optimizer's master
+copy); their grads come back in that dtype.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+try:
+    import bitsandbytes as bnb
+except ImportError:  # pragma: no cover - bitsandbytes is pinned, but keep the import soft
+    bnb = None
+
+
+def dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The base layer's weight as a dense `dtype` matrix (dequantized for 4-bit layers)."""
+    if bnb is not None and isinstance(base, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(base.weight, base.weight.quant_state).to(dtype)
+    return base.weight.to(dtype)
+
+
+class _LoRALinearFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, base, scaling):
+        # Under autocast compute in its dtype, as a plain linear would; autocast itself is
+        # switched off inside so the in-place matmul-add sees one dtype.
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(
+            device_type) else x.dtype
+        with torch.autocast(device_type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            bias = base.bias.to(dtype) if base.bias is not None else None
+            out = F.linear(x2, dense_weight(base, dtype), bias)
+            xa = x2 @ lora_a.to(dtype).t()
+            out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
+        ctx.save_for_backward(x2, xa, lora_a, lora_b)
+        ctx.base = base
+        ctx.scaling = scaling
+        ctx.x_dtype = x.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, xa, lora_a, lora_b = ctx.saved_tensors
+        dtype = x2.dtype
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+        dyb = dy2 @ lora_b.to(dtype)  # tokens x r
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dy2 @ dense_weight(ctx.base, dtype)
+            dx.addmm_(dyb, lora_a.to(dtype), alpha=ctx.scaling)
+            dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            da = (dyb.t() @ x2).to(lora_a.dtype).mul_(ctx.scaling)
+        if ctx.needs_input_grad[2]:
+            db = (dy2.t() @ xa).to(lora_b.dtype).mul_(ctx.scaling)
+        return dx, da, db, None, None
+
+
+def lora_linear(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, base: nn.Module,
+                scaling: float) -> torch.Tensor:
+    """`base(x) + scaling * x @ lora_a.T @ lora_b.T`, computed in `x.dtype`.
+
+    >>> base = nn.Linear(4, 3, bias=False)
+    >>> a, b = torch.randn(2, 4), torch.randn(3, 2)
+    >>> x = torch.randn(5, 4)
+    >>> torch.allclose(lora_linear(x, a, b, base, 0.5), base(x) + 0.5 * x @ a.T @ b.T, atol=1e-5)
+    True
+    """
+    return _LoRALinearFn.apply(x, lora_a, lora_b, base, scaling)
+
+
+def _is_identity_dropout(module: nn.Module) -> bool:
+    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
+
+
+class FusedLoRALinear(nn.Module):
+    """Replaces one peft LoRA linear layer (plain or bitsandbytes 4-bit base) while training.
+
+    It holds the original's `base_layer`, `lora_A`, `lora_B` and `lora_dropout` containers,
+    so its state dict keys equal peft's and a checkpoint of it loads into a peft model.
+    `from_module` returns None for layers it can't compute exactly: several or no active
+    adapters, merged weights, DoRA, LoRA bias, dropout > 0, a trainable base weight.
+    """
+
+    def __init__(self, peft_layer: nn.Module, adapter: str):
+        super().__init__()
+        self.base_layer = peft_layer.base_layer
+        self.lora_A = peft_layer.lora_A
+        self.lora_B = peft_layer.lora_B
+        self.lora_dropout = peft_layer.lora_dropout
+        self.adapter = adapter
+        self.scaling = float(peft_layer.scaling[adapter])
+        self.in_features = peft_layer.in_features
+        self.out_features = peft_layer.out_features
+
+    @classmethod
+    def from_module(cls, layer: nn.Module) -> Optional['FusedLoRALinear']:
+        base = getattr(layer, 'base_layer', None)
+        supported_bases = (nn.Linear, ) + ((bnb.nn.Linear4bit, ) if bnb is not None else ())
+        if not isinstance(base, supported_bases) or base.weight.requires_grad:
+            return None
+        adapters = list(getattr(layer, 'active_adapters', []))
+        if len(adapters) != 1 or getattr(layer, 'merged', False) or getattr(
+                layer, 'disable_adapters', False):
+            return None
+        name = adapters[0]
+        if name not in layer.lora_A or getattr(layer, 'use_dora', {}).get(name, False):
+            return None
+        if getattr(layer, 'lora_bias', {}).get(name, False):
+            return None
+        if layer.lora_B[name].bias is not None or layer.lora_A[name].bias is not None:
+            return None
+        if not _is_identity_dropout(layer.lora_dropout[name]):
+            return None
+        if bnb is not None and isinstance(base, bnb.nn.Linear4bit) and getattr(
+                base.weight.quant_state, 'packing_format_for_cpu', False):
+            return None  # repacked for CPU inference: no dequantize path
+        return cls(layer, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lora_linear(x, self.lora_A[self.adapter].weight, self.lora_B[self.adapter].weight,
+                           self.base_layer, self.scaling)
+
+    def extra_repr(self) -> str:
+        return f'{self.in_features}->{self.out_features}, scaling={self.scaling}'
