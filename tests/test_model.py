@@ -128,3 +128,27 @@ def test_forward_modes(tiny_llama_dir):
     assert model(data, mode='predict').shape == (2, 12, model.llm.config.vocab_size)
     with pytest.raises(ValueError, match="mode must be"):
         model(data, mode='nonsense')
+
+
+def test_packed_row_loss_equals_the_token_weighted_loss_of_its_samples(tiny_llama_dir):
+    """Through SupervisedFinetune: samples packed into one row do not see each other."""
+    from xft.dataset.collate_fns import default_collate_fn
+    from xft.utils.constants import IGNORE_INDEX
+
+    model = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir), lora=LORA).eval()
+    generator = torch.Generator().manual_seed(3)
+    samples = []
+    for length in (7, 12, 5):
+        ids = torch.randint(10, 500, (length,), generator=generator).tolist()
+        samples.append({'input_ids': ids, 'labels': [IGNORE_INDEX, IGNORE_INDEX] + ids[2:]})
+    packed = {'input_ids': sum((s['input_ids'] for s in samples), []),
+              'labels': sum((s['labels'] for s in samples), []),
+              'cumulative_len': [0, 7, 19, 24]}
+    with torch.no_grad():
+        packed_loss = model(default_collate_fn([packed])['data'])['loss']
+        total, count = 0.0, 0
+        for sample in samples:
+            n_trained = sum(label != IGNORE_INDEX for label in sample['labels'][1:])
+            loss = model(default_collate_fn([sample])['data'])['loss']
+            total, count = total + loss * n_trained, count + n_trained
+    assert packed_loss.item() == pytest.approx((total / count).item(), abs=1e-5)

@@ -9,6 +9,7 @@ from xft.registry import build_nested
 from xft.utils.errors import ConfigError
 
 from .lora import attach_lora
+from .packed_attention import packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
 
 
@@ -86,15 +87,26 @@ class SupervisedFinetune(BaseModel):
     def forward(self, data, data_samples=None, mode='loss'):
         if mode == 'loss':
             return self.compute_loss(data)
+        inputs = self.forward_kwargs(data)
+        inputs.pop('labels', None)
         if mode == 'predict':
-            return self.llm(**_model_inputs(data)).logits
+            return self.llm(**inputs).logits
         if mode == 'tensor':
-            return self.llm(**_model_inputs(data))
+            return self.llm(**inputs)
         raise ValueError(f"SupervisedFinetune.forward: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def forward_kwargs(self, data) -> dict:
+        """The HF forward's arguments for a collated batch.
+
+        Packed rows (with ``cumulative_len``) always get attention that stops at sample
+        boundaries, whatever ``use_varlen_attn`` says: packing without it would let
+        samples attend to each other (XTuner's behaviour), which trains on noise.
+        """
+        return packed_attention_kwargs(data, self.llm.config._attn_implementation, dtype=self.llm.dtype)
 
     def compute_loss(self, data) -> dict:
         """Mean cross-entropy over the tokens whose label is not IGNORE_INDEX."""
-        outputs = self.llm(**_model_inputs(data), labels=data['labels'])
+        outputs = self.llm(**self.forward_kwargs(data))
         return {'loss': outputs.loss}
 
     def gradient_checkpointing_active(self) -> bool:
@@ -117,12 +129,6 @@ def activation_checkpointing_active(llm) -> bool:
         if hasattr(type(llm), name) or hasattr(llm, name):
             return bool(getattr(llm, name))
     return False
-
-
-def _model_inputs(data: dict) -> dict:
-    """The batch keys the HF forward understands (labels go separately)."""
-    return {key: value for key, value in data.items()
-            if key in ('input_ids', 'attention_mask', 'position_ids') and value is not None}
 
 
 def _ignore_missing_frozen_weights(module, incompatible_keys):
