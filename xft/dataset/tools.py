@@ -1,0 +1,251 @@
+"""The data commands: ``xft check-custom-dataset``, ``xft log-dataset``, ``xft list-dataset-format``.
+
+Each ``*_main(argv) -> int`` parses its arguments, prints its report, and returns the exit code:
+0 when the data is usable, 1 with a one-line message when it is not.
+"""
+import argparse
+import json
+import sys
+
+from xft.utils.constants import IGNORE_INDEX
+from xft.utils.errors import ConfigError, UserError
+
+TRAINED_OPEN, TRAINED_CLOSE = '«', '»'
+SHOW_CHOICES = ('text', 'masked_text', 'input_ids', 'labels', 'all')
+PREVIEW_CHARS = 600
+
+
+# --- xft check-custom-dataset ------------------------------------------------------------------
+
+def check_custom_dataset_main(argv) -> int:
+    parser = argparse.ArgumentParser(
+        prog='xft check-custom-dataset',
+        description="Run a config's data through every step (load, map, template, encode, "
+                    'pack), print the first sample after each, the counts, and the problems.')
+    parser.add_argument('config')
+    parser.add_argument('--max-rows', type=int, default=None,
+                        help='check only this many rows (a seeded random subset)')
+    args = parser.parse_args(argv)
+    _quiet_progress_bars()
+    try:
+        entries = dataset_entries(load_config(args.config))
+        problems = []
+        for number, entry in enumerate(entries):
+            if len(entries) > 1:
+                print(f'=== dataset {number + 1} of {len(entries)} ===')
+            problems += check_entry(entry, args.max_rows)
+    except UserError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    if problems:
+        print(f'{len(problems)} problem(s):')
+        for problem in problems:
+            print(f'  - {problem}')
+    else:
+        print('no problems found')
+    return 0
+
+
+def check_entry(entry, max_rows=None):
+    """Run one ``process_hf_dataset`` entry step by step; return the problems found."""
+    from .pipeline import run_pipeline
+
+    dataset, options = pipeline_inputs(entry, max_rows)
+    tokenizer = options.tokenizer
+
+    def observe(stage, data):
+        print(f'--- after {stage}: {len(data)} rows ---')
+        if len(data):
+            print(describe_row(data[0], tokenizer))
+
+    _, stats = run_pipeline(dataset, options, observe)
+    print(f'counts: {stats.summary()}')
+    return problems_found(stats, options)
+
+
+def problems_found(stats, options):
+    problems = []
+    if stats.rows_dropped_by_map_fn:
+        problems.append(f'{stats.rows_dropped_by_map_fn} rows mapped to an empty conversation '
+                        f'and were dropped (the first: {stats.first_dropped_row})')
+    if stats.samples_truncated:
+        problems.append(f'{stats.samples_truncated} samples are longer than max_length='
+                        f'{options.max_length} and were truncated ({stats.tokens_truncated} '
+                        'tokens cut)')
+    if stats.samples_without_loss:
+        problems.append(f'{stats.samples_without_loss} samples have no trained token left '
+                        '(truncated before the answer) and were dropped')
+    if stats.samples_kept == 0:
+        problems.append('no sample is left to train on')
+    tokenizer = options.tokenizer
+    template = getattr(options.template_map_fn, 'template', None) or {}
+    for name in ('SUFFIX',):
+        text = template.get(name)
+        if text and len(tokenizer(text, add_special_tokens=False)['input_ids']) > 1:
+            problems.append(f'the template {name} {text!r} is not one token for this tokenizer '
+                            '(not a special token); generation may not stop cleanly')
+    if tokenizer.pad_token_id is None:
+        problems.append('the tokenizer has no pad_token; set one (collate pads with pad_index)')
+    return problems
+
+
+# --- xft log-dataset ---------------------------------------------------------------------------
+
+def log_dataset_main(argv) -> int:
+    parser = argparse.ArgumentParser(
+        prog='xft log-dataset',
+        description='Print processed training rows as the model sees them. In masked_text the '
+                    f'trained text is marked {TRAINED_OPEN}like this{TRAINED_CLOSE}.')
+    parser.add_argument('config')
+    parser.add_argument('--show', choices=SHOW_CHOICES, default='all')
+    parser.add_argument('--index', type=int, default=0, help='first row to print')
+    parser.add_argument('--count', type=int, default=1, help='how many rows to print')
+    parser.add_argument('--max-rows', type=int, default=None,
+                        help='process only this many rows (a seeded random subset)')
+    args = parser.parse_args(argv)
+    _quiet_progress_bars()
+    try:
+        from .pipeline import run_pipeline
+        for entry in dataset_entries(load_config(args.config)):
+            dataset, options = pipeline_inputs(entry, args.max_rows)
+            data, stats = run_pipeline(dataset, options)
+            print(f'counts: {stats.summary()}')
+            for index in range(args.index, min(args.index + args.count, len(data))):
+                print(f'=== row {index} ===')
+                print(show_row(data[index], options.tokenizer, args.show))
+    except UserError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def show_row(row, tokenizer, show):
+    parts = []
+    if show in ('text', 'all'):
+        parts.append('[text]\n' + tokenizer.decode(row['input_ids']))
+    if show in ('masked_text', 'all'):
+        parts.append('[masked_text]\n' + masked_text(row['input_ids'], row['labels'], tokenizer))
+    if show in ('input_ids', 'all'):
+        parts.append(f'[input_ids]\n{row["input_ids"]}')
+    if show in ('labels', 'all'):
+        parts.append(f'[labels]\n{row["labels"]}')
+    if 'cumulative_len' in row and show == 'all':
+        parts.append(f'[cumulative_len]\n{row["cumulative_len"]}')
+    return '\n'.join(parts)
+
+
+def masked_text(input_ids, labels, tokenizer):
+    """Decoded text with each trained run of tokens wrapped in « »."""
+    pieces, run, run_trained = [], [], None
+    for token, label in zip(input_ids, labels):
+        trained = label != IGNORE_INDEX
+        if run and trained != run_trained:
+            pieces.append(_decode_run(tokenizer, run, run_trained))
+            run = []
+        run.append(token)
+        run_trained = trained
+    if run:
+        pieces.append(_decode_run(tokenizer, run, run_trained))
+    return ''.join(pieces)
+
+
+def _decode_run(tokenizer, tokens, trained):
+    text = tokenizer.decode(tokens)
+    return f'{TRAINED_OPEN}{text}{TRAINED_CLOSE}' if trained else text
+
+
+# --- xft list-dataset-format -------------------------------------------------------------------
+
+def list_dataset_format_main(argv) -> int:
+    parser = argparse.ArgumentParser(
+        prog='xft list-dataset-format',
+        description='List the dataset map functions, the fields each reads, and the templates.')
+    parser.parse_args(argv)
+    from xft.utils.templates import PROMPT_TEMPLATE
+
+    from .map_fns import MAP_FN_FIELDS
+    print('dataset_map_fn (import from xft.dataset.map_fns)   fields of one raw row')
+    for name, fields in MAP_FN_FIELDS.items():
+        print(f'  {name:28s}{fields}')
+    print('\nWithout a dataset_map_fn, rows must already be in the conversation format:\n'
+          '  {"conversation": [{"system": "...", "input": "...", "output": "..."}, ...]}\n'
+          '  (system optional; every output, plus the template SUFFIX or EOS, is trained)')
+    print('\nprompt templates (xft.utils.PROMPT_TEMPLATE):')
+    print('  ' + ', '.join(PROMPT_TEMPLATE))
+    print('\nfiles: .json (array or JSON lines), .jsonl, .parquet, .csv, .txt (one row per '
+          'line, field "text"), a folder of them, or a hub name')
+    return 0
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+def _quiet_progress_bars():
+    # The report is the output; per-step progress bars would bury it.
+    import datasets
+    datasets.disable_progress_bars()
+
+
+def load_config(path):
+    from mmengine.config import Config
+    try:
+        return Config.fromfile(path)
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: no such config file') from None
+    except Exception as error:  # a config is Python: any error in it is the user's
+        raise ConfigError(f'{path}: cannot load the config ({type(error).__name__}: '
+                          f'{error})') from None
+
+
+def dataset_entries(cfg):
+    """The ``process_hf_dataset`` dicts of ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
+    from .concat_dataset import ConcatDataset
+    from .pipeline import process_hf_dataset
+
+    loader = cfg.get('train_dataloader') or {}
+    entry = loader.get('dataset') if isinstance(loader, dict) else None
+    if not isinstance(entry, dict):
+        raise ConfigError('the config has no train_dataloader.dataset dict')
+    kind = entry.get('type')
+    if kind is ConcatDataset or kind == 'ConcatDataset':
+        entries = list(entry.get('datasets') or [])
+    else:
+        entries = [entry]
+    for item in entries:
+        item_type = item.get('type') if isinstance(item, dict) else None
+        if item_type is not process_hf_dataset and item_type != 'process_hf_dataset':
+            raise ConfigError('train_dataloader.dataset must be dict(type=process_hf_dataset, '
+                              f'...) (or a ConcatDataset of them), got type {item_type!r}')
+    return entries
+
+
+def pipeline_inputs(entry, max_rows=None):
+    """(raw dataset spec, validated PipelineOptions) of one process_hf_dataset entry."""
+    import inspect
+
+    from .pipeline import validate_options
+    kwargs = {key: value for key, value in entry.items() if key != 'type'}
+    dataset = kwargs.pop('dataset', None)
+    if dataset is None:
+        raise ConfigError('process_hf_dataset entry has no dataset=')
+    accepted = inspect.signature(validate_options).parameters
+    unknown = sorted(set(kwargs) - set(accepted) - {'cache_dir'})
+    if unknown:
+        raise ConfigError(f'process_hf_dataset got unknown arguments: {", ".join(unknown)}')
+    options = {key: value for key, value in kwargs.items() if key in accepted}
+    if max_rows is not None:
+        options['max_dataset_length'] = max_rows
+    return dataset, validate_options(**options)
+
+
+def describe_row(row, tokenizer):
+    """A short printable view of one row at any stage."""
+    if 'input_ids' in row and 'labels' in row:
+        text = masked_text(row['input_ids'], row['labels'], tokenizer)
+        extra = f' cumulative_len={row["cumulative_len"]}' if 'cumulative_len' in row else ''
+        return (f'{len(row["input_ids"])} tokens{extra}; trained text marked '
+                f'{TRAINED_OPEN}{TRAINED_CLOSE}:\n{_clip(text)}')
+    return _clip(json.dumps(row, ensure_ascii=False, indent=1, default=str))
+
+
+def _clip(text):
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + f' ... ({len(text)} chars)'
