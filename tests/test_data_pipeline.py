@@ -96,15 +96,18 @@ def test_samples_left_without_trained_tokens_are_dropped_and_counted(toy_rows, t
 
 
 def test_oasst1_folder_drops_foreign_rows_and_says_so(shared_data, tiny_tokenizer):
-    from xft.dataset.pipeline import run_pipeline, validate_options
+    from xft.dataset.load import load_source
+    from xft.dataset.pipeline import empty_conversations, map_rows, validate_options
     options = validate_options(tokenizer=tiny_tokenizer, max_length=2048,
-                               dataset_map_fn=oasst1_map_fn, template_map_fn=chatml(),
-                               pack_to_max_length=False)
-    data, stats = run_pipeline(shared_data / 'oasst1_guanaco', options)
-    # The Llama-2-templated file in the folder has no '### Human:' markers.
-    assert stats.rows_dropped_by_map_fn == 1000
-    assert 'guanaco_llama2_1k.jsonl line 1' in stats.first_dropped_row
-    assert len(data) + stats.samples_without_loss == 318 + 997
+                               dataset_map_fn=oasst1_map_fn, pack_to_max_length=False)
+    source = load_source(shared_data / 'oasst1_guanaco')
+    mapped = map_rows(source.dataset, source.where, options)
+    empty = empty_conversations(mapped)
+    # The Llama-2-templated file in the folder has no '### Human:' markers: its 1000 rows map
+    # to empty conversations, which run_pipeline drops, counts and names in the log.
+    assert len(empty) == 1000
+    assert source.where(empty[0]).endswith('guanaco_llama2_1k.jsonl line 1')
+    assert len(mapped) - len(empty) == 318 + 997
 
 
 def test_config_dicts_are_built(shared_data, tiny_llama_dir):

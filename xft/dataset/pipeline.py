@@ -204,7 +204,7 @@ def run_pipeline(dataset, options, observe=None):
     observe('load', data)
 
     data = map_rows(data, where, options)
-    empty = _empty_conversations(data)
+    empty = empty_conversations(data)
     if empty:
         stats.rows_dropped_by_map_fn = len(empty)
         stats.first_dropped_row = where(empty[0])
@@ -239,7 +239,7 @@ def run_pipeline(dataset, options, observe=None):
     return data, stats
 
 
-def _empty_conversations(data):
+def empty_conversations(data):
     import pyarrow.compute as pc
     column = data.with_format('arrow')['conversation']
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
