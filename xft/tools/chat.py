@@ -183,11 +183,12 @@ class ChatSession:
 
 def split_turns(text):
     """Blank-line separated messages (the scripted stdin format)."""
-    return [block.strip('\n') for block in re.split(r'\n[ \t]*\n', text) if block.strip()]
+    return [block.strip('\n') for block in re.split(r'\n(?:[ \t]*\n)+', text) if block.strip()]
 
 
-def read_message(read_line=input):
+def read_message(read_line=None):
     """Lines until an empty one ("double Enter"); None at end of input."""
+    read_line = read_line or input
     lines = []
     while True:
         try:
@@ -221,15 +222,13 @@ def run_scripted(session, messages, streaming):
 
 
 def chat(args):
-    import torch
+    check_model_paths(args)  # before the heavy imports: a typo fails at once
+    template = resolve_chat_template(args.prompt_template)
+    system = resolve_system(args)
+    quantization_config(args.bits, None)  # fail before loading when bitsandbytes is unusable
     from transformers import set_seed
 
     from xft.model.generation import GenerationSettings, stop_words_for
-
-    template = resolve_chat_template(args.prompt_template)
-    system = resolve_system(args)
-    check_model_paths(args)
-    quantization_config(args.bits, None)  # fail before loading when bitsandbytes is unusable
     set_seed(args.seed)
     print(f'loading {args.model}' + (f' + {args.adapter}' if args.adapter else '') +
           (f' in {args.bits} bits' if args.bits else '') + ' ...', file=sys.stderr, flush=True)
