@@ -39,7 +39,7 @@ def run_train(*args, check=True):
 
 def logged_losses(work_dir):
     """{iteration: loss} from the newest run's scalars.json in ``work_dir``."""
-    runs = sorted(p for p in Path(work_dir).iterdir() if p.is_dir())
+    runs = sorted(p for p in Path(work_dir).iterdir() if (p / 'vis_data' / 'scalars.json').is_file())
     lines = (runs[-1] / 'vis_data' / 'scalars.json').read_text().splitlines()
     return {row['iter']: row['loss'] for row in map(json.loads, lines) if 'loss' in row}
 
@@ -110,3 +110,26 @@ def test_bad_config_gives_one_line_and_a_nonzero_exit(tmp_path):
     assert result.stderr.strip().count('\n') == 0, result.stderr
     assert 'no_such_config.py: no such config file' in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_the_internlm_7b_qlora_oasst1_config_trains_on_local_files(tmp_path, tiny_llama_dir, shared_data):
+    """The mission's example config, unedited, with --cfg-options pointing at local files."""
+    model = str(tiny_llama_dir)
+    work_dir = tmp_path / 'internlm'
+    result = run_train(
+        REPO / 'configs' / 'internlm_7b_qlora_oasst1.py', '--work-dir', work_dir, '--cfg-options',
+        f'model.llm.pretrained_model_name_or_path={model}',
+        f'tokenizer.pretrained_model_name_or_path={model}',
+        f'train_dataloader.dataset.tokenizer.pretrained_model_name_or_path={model}',
+        f'custom_hooks.0.tokenizer.pretrained_model_name_or_path={model}',
+        f'custom_hooks.1.tokenizer.pretrained_model_name_or_path={model}',
+        'custom_hooks.1.max_new_tokens=4',
+        f'train_dataloader.dataset.dataset.path={shared_data / "oasst1_guanaco"}',
+        'train_dataloader.dataset.max_dataset_length=120', 'train_dataloader.dataset.max_length=256',
+        'train_cfg.max_epochs=None', 'train_cfg.max_iters=3', 'optim_wrapper.accumulative_counts=1',
+        'default_hooks.logger.interval=1')
+    output = result.stdout + result.stderr
+    assert 'QLoRA fine-tuning' in output
+    assert 'packed into' in output
+    assert sorted(logged_losses(work_dir)) == [1, 2, 3]
+    assert (work_dir / 'iter_3.pth').is_file()
