@@ -1,2 +1,3 @@
 from .dataset_info_hook import DatasetInfoHook  # noqa: E402,F401
 from .evaluate_chat_hook import EvaluateChatHook  # noqa: E402,F401
+from .plot_hook import LossCurveHook, TensorboardBackend  # noqa: E402,F401
