@@ -20,7 +20,7 @@ Example::
     state = llm_state_dict(read_checkpoint_state_dict('work_dirs/x/iter_40.pth'))
     export_adapter(cfg, state, 'work_dirs/x/hf_adapter')
 """
-import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -216,15 +216,16 @@ def export_full_model(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB
 
 
 def save_config_beside(cfg, save_dir, name='xft_config.py'):
-    """Dump the training config next to the export so the result says how it was made."""
+    """Write the training config next to the export, so the result says how it was made.
+
+    The merged config (with --cfg-options) is dumped; where mmengine cannot dump it (a config
+    holding objects it cannot print), the config file itself is copied.
+    """
     target = Path(save_dir) / name
-    cfg.dump(str(target))
+    try:
+        cfg.dump(str(target))
+    except (SyntaxError, TypeError, ValueError):
+        if not cfg.filename:
+            raise
+        shutil.copyfile(cfg.filename, target)
     return target
-
-
-def read_adapter_base_path(adapter_dir):
-    """The base model an adapter folder names in its adapter_config.json."""
-    config_file = Path(adapter_dir) / 'adapter_config.json'
-    if not config_file.is_file():
-        raise UserError(f'{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)')
-    return json.loads(config_file.read_text()).get('base_model_name_or_path')
