@@ -112,3 +112,20 @@ def test_unpacked_batches_pass_through():
     data = {'input_ids': torch.ones(1, 3, dtype=torch.long), 'labels': torch.ones(1, 3),
             'attention_mask': torch.ones(1, 3)}
     assert packed_attention_kwargs(data, 'sdpa').keys() == data.keys()
+
+
+def test_registered_varlen_attention_falls_back_to_sdpa_for_unpacked_batches(tiny_llama_dir):
+    # The varlen kernel itself needs CUDA (checked on the H200: packed loss equals the
+    # per-sample loss in bf16); on the CPU, unpacked batches must still run through it.
+    from transformers import AutoModelForCausalLM
+    from xft.model.packed_attention import register_varlen_attention
+    name = register_varlen_attention()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='sdpa')
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=name)
+    data = default_collate_fn([{'input_ids': [1, 7, 8, 9], 'labels': [IGNORE_INDEX, 7, 8, 9]},
+                               {'input_ids': [1, 5], 'labels': [IGNORE_INDEX, 5]}],
+                              pad_index=0)['data']
+    with torch.no_grad():
+        expected = reference(**packed_attention_kwargs(data, 'sdpa')).loss
+        got = varlen(**packed_attention_kwargs(data, name)).loss
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

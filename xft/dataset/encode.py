@@ -60,6 +60,11 @@ def _turn_texts(conversation):
 def _tokenize(tokenizer, texts):
     if not texts:
         return []
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is not None and hasattr(backend, 'encode_batch_fast'):
+        # The Rust batch encoder without offsets: the same ids as tokenizer(texts), less work.
+        return [encoding.ids for encoding in
+                backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)['input_ids']
 
 

@@ -20,6 +20,11 @@ Batches without ``cumulative_len`` (unpacked rows) pass through unchanged. The f
 modifies ``data``. A 4D mask is returned as-is by transformers' mask builder (5.17 and 5.24),
 so no model class is patched.
 
+Measured on one H200 (torch 2.11, transformers 5.17), a 4-layer, 2048-wide Llama in bf16, one
+8k-token row of 16 documents, forward + backward: SDPA with the block mask 62.0 ms, 7.72 GiB;
+``xft_varlen`` 38.8 ms, 7.35 GiB. Packed loss equals the per-sample loss there for eager, sdpa
+(float32 to 1e-6) and xft_varlen (bf16, to 2e-5).
+
 How ``SupervisedFinetune.forward`` calls it::
 
     kwargs = packed_attention_kwargs(data, self.llm.config._attn_implementation,
@@ -39,11 +44,16 @@ def packed_attention_kwargs(data, attn_implementation, dtype=torch.float32):
     if cumulative is None:
         return kwargs
     implementation = attn_implementation or 'eager'
+    device = data['input_ids'].device
+    # Boundaries are a few integers per row: work on them on the CPU, move the result once.
+    cumulative = [torch.as_tensor(c).cpu() for c in cumulative]
     if 'flash' in implementation or implementation == VARLEN_ATTENTION_NAME:
-        kwargs.update(varlen_kwargs(cumulative, data['input_ids'].shape[1]))
+        varlen = varlen_kwargs(cumulative, data['input_ids'].shape[1])
+        varlen['cu_seq_lens_q'] = varlen['cu_seq_lens_k'] = varlen['cu_seq_lens_q'].to(device)
+        kwargs.update(varlen)
         kwargs['attention_mask'] = None
         return kwargs
-    segments = segment_ids(cumulative, data['input_ids'].shape[1]).to(data['input_ids'].device)
+    segments = segment_ids(cumulative, data['input_ids'].shape[1]).to(device)
     allowed = block_causal_mask(segments)
     if implementation == 'sdpa':
         kwargs['attention_mask'] = allowed
@@ -73,11 +83,10 @@ def block_causal_mask(segments):
 
 def varlen_kwargs(cumulative_len, width):
     """flash-attn varlen arguments over the flattened batch (row b starts at b * width)."""
-    pieces = [torch.as_tensor(c, dtype=torch.int32)[:-1] + row * width
+    pieces = [torch.as_tensor(c, dtype=torch.int32).cpu()[:-1] + row * width
               for row, c in enumerate(cumulative_len)]
-    device = cumulative_len[0].device if torch.is_tensor(cumulative_len[0]) else None
     cu_seqlens = torch.cat(pieces + [torch.tensor([len(cumulative_len) * width],
-                                                  dtype=torch.int32)]).to(device)
+                                                  dtype=torch.int32)])
     max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     return {'cu_seq_lens_q': cu_seqlens, 'cu_seq_lens_k': cu_seqlens,
             'max_length_q': max_length, 'max_length_k': max_length}
@@ -115,5 +124,16 @@ def _varlen_attention_forward(module, query, key, value, attention_mask, scaling
         value = value.repeat_interleave(groups, dim=1)
     flat = [t.transpose(1, 2).reshape(batch * width, heads, head_dim) for t in (query, key, value)]
     output = varlen_attn(*flat, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
-                         scale=scaling)
+                         scale=scaling, **_causal_argument(varlen_attn))
     return output.reshape(batch, width, heads, head_dim), None
+
+
+def _causal_argument(varlen_attn):
+    """How this torch's varlen_attn is told to be causal (the keyword changed across releases)."""
+    import inspect
+    parameters = inspect.signature(varlen_attn).parameters
+    if 'is_causal' in parameters:
+        return {'is_causal': True}
+    if 'window_size' in parameters:  # torch >= 2.12: (-1, 0) is causal
+        return {'window_size': (-1, 0)}
+    return {}
