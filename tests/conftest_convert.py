@@ -81,3 +81,51 @@ def make_checkpoint(tmp_path, model_dir, kind, template='chatml'):
 
 SAMPLE_TEXT = ('First Citizen: Before we proceed any further, hear me speak. '
                'All: Speak, speak.')
+
+
+def run_toy_training(model, tokenizer, work_dir, samples, max_iters, checkpoint_interval,
+                     custom_hooks=()):
+    """Train ``model`` for a few iterations with an in-process mmengine Runner (a unique
+    experiment name keeps mmengine's per-name singletons apart); returns the runner."""
+    import uuid
+
+    from mmengine.dataset import DefaultSampler
+    from mmengine.hooks import CheckpointHook, LoggerHook
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner
+    from torch.optim import AdamW
+
+    from xft.dataset.collate_fns import default_collate_fn
+    from xft.engine.runner import TrainLoop
+    runner = Runner(
+        model=model, work_dir=str(work_dir), experiment_name=f'xft_test_{uuid.uuid4().hex}',
+        train_dataloader=dict(batch_size=2, num_workers=0, dataset=samples,
+                              sampler=dict(type=DefaultSampler, shuffle=False),
+                              collate_fn=dict(type=default_collate_fn,
+                                              pad_index=tokenizer.pad_token_id)),
+        optim_wrapper=dict(type=OptimWrapper,
+                           optimizer=dict(type=AdamW, lr=1e-2, weight_decay=0.0)),
+        train_cfg=dict(type=TrainLoop, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=False,
+                                           interval=checkpoint_interval),
+                           logger=dict(type=LoggerHook, interval=1)),
+        custom_hooks=list(custom_hooks),
+        env_cfg=dict(dist_cfg=dict(backend='gloo')), log_level='INFO',
+        randomness=dict(seed=0))
+    runner.train()
+    return runner
+
+
+def chatml_samples(tokenizer, pairs):
+    """Training samples (input_ids, labels) of one-turn chatml conversations."""
+    from xft.dataset.conversation import normalize_conversation
+    from xft.dataset.encode import encode_conversation
+    from xft.dataset.map_fns.template import template_map_fn
+    from xft.utils import PROMPT_TEMPLATE
+    samples = []
+    for question, answer in pairs:
+        turns = normalize_conversation([{'input': question, 'output': answer}], 'test', False)
+        templated = template_map_fn({'conversation': turns}, PROMPT_TEMPLATE.chatml)
+        encoded = encode_conversation(templated['conversation'], tokenizer, max_length=64)
+        samples.append({'input_ids': encoded['input_ids'], 'labels': encoded['labels']})
+    return samples

@@ -130,3 +130,33 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, tiny_llama_dir, capsys, pro
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_runner_checkpoint_converts_merges_and_chats_like_the_trained_model(
+        tmp_path, tiny_llama_dir, tiny_tokenizer):
+    """A checkpoint the mmengine CheckpointHook wrote (message hub, optimizer state and all)
+    -> pth_to_hf -> merge -> chat: the merged model answers as the trained one does."""
+    from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+                                  write_config)
+
+    from xft.model.generation import GenerationSettings, encode_for_generation, generate_reply
+    from xft.tools.merge import main as merge_main
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    model = build_model_from_config(config)
+    pairs = [('Who are you?', 'I am Lumi.'), ('Say hello.', 'Hello!')] * 2
+    run_toy_training(model, tiny_tokenizer, tmp_path / 'run', chatml_samples(tiny_tokenizer, pairs),
+                     max_iters=4, checkpoint_interval=4)
+    adapter, merged_dir = tmp_path / 'adapter', tmp_path / 'merged'
+    assert pth_to_hf_main([str(config), str(tmp_path / 'run' / 'iter_4.pth'), str(adapter)]) == 0
+    assert merge_main([str(tiny_llama_dir), str(adapter), str(merged_dir)]) == 0
+
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+    prompt = encode_for_generation([], 'Who are you?', 'chatml', tokenizer)
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    stop = ['<|im_end|>', tokenizer.eos_token]
+    model.llm.eval()
+    assert (generate_reply(merged, tokenizer, prompt, settings, stop)
+            == generate_reply(model.llm, tokenizer, prompt, settings, stop))
+    ids = torch.tensor([prompt])
+    torch.testing.assert_close(_logits(merged, ids), _logits(model.llm, ids), rtol=0, atol=1e-4)

@@ -5,20 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest_convert import build_model_from_config, write_config
-from mmengine.dataset import DefaultSampler
-from mmengine.hooks import CheckpointHook, LoggerHook
+from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+                              write_config)
 from mmengine.logging import MMLogger
-from mmengine.optim import OptimWrapper
-from mmengine.runner import Runner
-from torch.optim import AdamW
 
 from xft.dataset.collate_fns import default_collate_fn
-from xft.dataset.conversation import normalize_conversation
-from xft.dataset.encode import encode_conversation
-from xft.dataset.map_fns.template import template_map_fn
 from xft.engine.hooks import DatasetInfoHook, EvaluateChatHook
-from xft.engine.runner import TrainLoop
 from xft.model.generation import encode_for_generation
 from xft.utils import PROMPT_TEMPLATE
 
@@ -29,13 +21,7 @@ PAIRS = [('Who are you?', 'I am a tiny model.'), ('Name a colour.', 'Blue.'),
 
 
 def encoded_samples(tokenizer):
-    samples = []
-    for question, answer in PAIRS:
-        turns = normalize_conversation([{'input': question, 'output': answer}], 'test', False)
-        templated = template_map_fn({'conversation': turns}, PROMPT_TEMPLATE.chatml)
-        encoded = encode_conversation(templated['conversation'], tokenizer, max_length=64)
-        samples.append({'input_ids': encoded['input_ids'], 'labels': encoded['labels']})
-    return samples
+    return chatml_samples(tokenizer, PAIRS)
 
 
 def lora_parameters(model):
@@ -106,22 +92,8 @@ def test_hook_on_a_toy_runner_writes_answers_and_training_still_updates_every_lo
     samples = encoded_samples(tiny_tokenizer)
     chat_hook = make_hook(tiny_tokenizer, every_n_iters=2)
     info_hook = DatasetInfoHook(tokenizer=tiny_tokenizer)
-    runner = Runner(
-        model=model, work_dir=str(tmp_path / 'run'),
-        experiment_name=f'hooktest_{uuid.uuid4().hex}',
-        train_dataloader=dict(batch_size=2, num_workers=0, dataset=samples,
-                              sampler=dict(type=DefaultSampler, shuffle=False),
-                              collate_fn=dict(type=default_collate_fn,
-                                              pad_index=tiny_tokenizer.pad_token_id)),
-        optim_wrapper=dict(type=OptimWrapper,
-                           optimizer=dict(type=AdamW, lr=1e-2, weight_decay=0.0)),
-        train_cfg=dict(type=TrainLoop, max_iters=4),
-        default_hooks=dict(checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=3),
-                           logger=dict(type=LoggerHook, interval=1)),
-        custom_hooks=[chat_hook, info_hook],
-        env_cfg=dict(dist_cfg=dict(backend='gloo')), log_level='INFO',
-        randomness=dict(seed=0))
-    runner.train()
+    run_toy_training(model, tiny_tokenizer, tmp_path / 'run', samples, max_iters=4,
+                     checkpoint_interval=3, custom_hooks=[chat_hook, info_hook])
 
     out_dir = tmp_path / 'run' / 'eval_outputs'
     # before training (0), every 2 iterations (2, 4), at the checkpoint save (3); after
