@@ -9,7 +9,7 @@ from xft.dataset import process_hf_dataset
 from xft.dataset.map_fns import alpaca_map_fn, oasst1_map_fn, template_map_fn_factory
 from xft.dataset.packing import pack_arrays
 from xft.utils.constants import IGNORE_INDEX
-from xft.utils.errors import ConfigError
+from xft.utils.errors import ConfigError, DataError
 from xft.utils.templates import PROMPT_TEMPLATE
 
 MEDQA = 'internlm_tutorial_medqa2019/MedQA2019-structured-train.jsonl'
@@ -192,3 +192,18 @@ def test_concat_dataset_joins_lengths(toy_rows, tiny_tokenizer):
     joined = ConcatDataset([part, dict(part, max_length=32)])
     assert len(joined) == 24
     assert len(joined.length) == 24 and max(joined.length[12:]) <= 32
+
+
+def test_two_processes_give_the_same_rows_and_name_a_bad_row(tmp_path, tiny_tokenizer):
+    rows = [{'instruction': f'Repeat {i}.', 'input': '', 'output': f'{i}'} for i in range(1200)]
+    path = tmp_path / 'many.jsonl'
+    path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
+    kwargs = dict(dataset_map_fn=alpaca_map_fn, template_map_fn=chatml(),
+                  pack_to_max_length=True, remove_unused_columns=True)
+    one = process_hf_dataset(path, tiny_tokenizer, 256, map_num_proc=1, **kwargs)
+    two = process_hf_dataset(path, tiny_tokenizer, 256, map_num_proc=2, **kwargs)
+    assert one['input_ids'] == two['input_ids'] and one['labels'] == two['labels']
+    rows[1100] = {'instruction': 'x', 'input': '', 'reply': 'y'}
+    path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
+    with pytest.raises(DataError, match=f'^{re.escape(str(path))} line 1101: alpaca_map_fn'):
+        process_hf_dataset(path, tiny_tokenizer, 256, map_num_proc=2, **kwargs)

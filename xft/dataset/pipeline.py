@@ -283,11 +283,8 @@ class MapStep:
                 raise DataError(f"{self.where(index)}: {self.name} must return a dict with "
                                 f"'conversation', got {type(result).__name__}")
             conversation, allow_empty = result['conversation'], True
-        try:
-            turns = normalize_conversation(conversation, self.where(index), allow_empty)
-        except DataError:
-            raise
-        return {'conversation': turns}
+        return {'conversation': normalize_conversation(conversation, self.where(index),
+                                                       allow_empty)}
 
 
 def map_rows(data, where, options):
