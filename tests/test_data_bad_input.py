@@ -126,3 +126,12 @@ def test_unsupported_file_type(tmp_path, tiny_tokenizer):
     path.write_bytes(b'PK')
     message = one_line_error(DataError, lambda: run(path, tiny_tokenizer))
     assert message.startswith(f"{path}: unsupported file type '.xlsx'")
+
+
+def test_hub_dataset_config_offline_fails_fast(tiny_tokenizer):
+    from datasets import load_dataset
+    start = time.monotonic()
+    message = one_line_error(DataError, lambda: run(
+        dict(type=load_dataset, path='timdettmers/openassistant-guanaco'), tiny_tokenizer))
+    assert time.monotonic() - start < 5
+    assert "'timdettmers/openassistant-guanaco'" in message

@@ -207,3 +207,27 @@ def test_two_processes_give_the_same_rows_and_name_a_bad_row(tmp_path, tiny_toke
     path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
     with pytest.raises(DataError, match=f'^{re.escape(str(path))} line 1101: alpaca_map_fn'):
         process_hf_dataset(path, tiny_tokenizer, 256, map_num_proc=2, **kwargs)
+
+
+def test_parquet_file_and_a_list_of_files(tmp_path, tiny_tokenizer):
+    import datasets
+    rows = [{'conversation': [{'input': 'a', 'output': 'b'}]}] * 3
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / 'part.parquet'))
+    (tmp_path / 'part.json').write_text(json.dumps(rows))
+    data = process_hf_dataset([tmp_path / 'part.parquet', tmp_path / 'part.json'],
+                              tiny_tokenizer, 64, pack_to_max_length=False)
+    assert len(data) == 6
+
+
+def test_pretraining_text_trains_every_token_but_the_bos(shared_data, tiny_tokenizer):
+    from datasets import load_dataset
+    from xft.dataset.map_fns import pretrain_map_fn
+    data = process_hf_dataset(
+        dict(type=load_dataset, path='text',
+             data_files=dict(train=str(shared_data / 'pretrain_text/wiki_demo.txt'))),
+        tiny_tokenizer, 64, dataset_map_fn=pretrain_map_fn, pack_to_max_length=False)
+    assert len(data) == 30
+    for row in data:
+        assert row['input_ids'][0] == tiny_tokenizer.bos_token_id
+        assert row['labels'][0] == IGNORE_INDEX and row['labels'][1:] == row['input_ids'][1:]
+        assert tiny_tokenizer.eos_token_id not in row['input_ids']
