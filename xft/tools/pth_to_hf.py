@@ -75,7 +75,8 @@ def convert(args):
     progress.step(f'reading checkpoint {args.pth_model}')
     state_dict = llm_state_dict(read_checkpoint_state_dict(args.pth_model))
     lora = is_lora_state_dict(state_dict)
-    n_params = sum(t.numel() for t in state_dict.values())
+    # Tied weights (embeddings and head) share one tensor: count it once.
+    n_params = sum({t.data_ptr(): t.numel() for t in state_dict.values()}.values())
     print(f'      {len(state_dict)} tensors, {n_params:,} parameters, '
           f'{"LoRA adapter" if lora else "full model"}', flush=True)
 
