@@ -187,6 +187,7 @@ def _fast_sft_class(base):
             super().__init__(*args, **kwargs)
             self.fast_state = apply_fast_path(
                 self.llm, offload_checkpoints=os.environ.get('XFT_BENCH_OFFLOAD', '1') == '1',
+                offload_max_host_gib=24,
                 fused_lora=os.environ.get('XFT_BENCH_FUSED_LORA', '1') == '1',
                 fused_kernels=os.environ.get('XFT_BENCH_KERNELS', '1') == '1')
 
@@ -369,7 +370,8 @@ def driver(args):
                 status = 'timeout'
                 log = ''.join(part.decode(errors='replace') if isinstance(part, bytes) else
                               (part or '') for part in (exc.stdout, exc.stderr))
-            (out / f'log_{system}_{mode}.txt').write_text(log)
+            with (out / 'logs.txt').open('a') as f:  # one file: few files come back
+                f.write(f'===== {system} {mode}: {status}\n{log}\n')
             print(f'{system} {mode}: {status} in {time.perf_counter() - t1:.0f} s', flush=True)
             if status != 'rc=0':
                 print(log[-3000:], flush=True)

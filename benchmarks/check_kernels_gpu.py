@@ -55,6 +55,15 @@ def main():
         ref = grads_of(lambda p, q: swiglu_reference(p.float(), q.float()), [a, b], g.float())
         got = grads_of(swiglu, [a, b], g)
         check(f'swiglu {shape} (y, dgate, dup)', list(zip(got, ref)), 1e-2)
+    from xft.model.kernels import rope, rope_reference
+    for shape in [(1, 2048, 32, 128), (2, 33, 8, 64), (1, 5, 3, 128)]:
+        x = torch.randn(shape, device=dev, dtype=torch.bfloat16)
+        cos = torch.randn(shape[0], shape[1], shape[3], device=dev, dtype=torch.bfloat16)
+        sin = torch.randn_like(cos)
+        g = torch.randn(shape[0], shape[2], shape[1], shape[3], device=dev, dtype=torch.bfloat16)
+        ref = grads_of(lambda a: rope_reference(a.float(), cos.float(), sin.float()), [x], g.float())
+        got = grads_of(lambda a: rope(a, cos, sin), [x], g)
+        check(f'rope {shape} (y, dx)', list(zip(got, ref)), 1e-2)
     # Fused LoRA over a 4-bit base against peft's layer, both on the GPU.
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model
@@ -84,19 +93,28 @@ def main():
         y.backward(g)
         outs.append([y, xi.grad] + [p.grad for p in m.parameters() if p.requires_grad])
     check('lora_linear nf4 (y, dx, dA, dB)', list(zip(outs[1], outs[0])), 2e-2)
-    # Offloaded checkpoint equals plain backward.
+    # Offloaded checkpoints (three layers, so backward prefetches) equal plain backward,
+    # over two steps (the second reuses the pinned buffers).
     torch.manual_seed(2)
-    layer = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).to(dev)
-    outs = []
-    for ck in (None, LayerCheckpointer(offload=True)):
-        for p in layer.parameters():
-            p.grad = None
-        xi = torch.randn(4, 100, 512, device=dev, generator=torch.Generator(dev).manual_seed(3))
-        xi.requires_grad_(True)
-        y = layer(xi) if ck is None else ck(layer, xi)
-        y.square().sum().backward()
-        outs.append([y, xi.grad] + [p.grad.clone() for p in layer.parameters()])
-    check('offloaded checkpoint (y, dx, dW...)', list(zip(outs[1], outs[0])), 1e-5)
+    layers = [nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).to(dev)
+              for _ in range(3)]
+    params = [p for layer in layers for p in layer.parameters()]
+    ck = LayerCheckpointer(offload=True)
+    for step in range(2):
+        outs = []
+        for use_ck in (False, True):
+            for p in params:
+                p.grad = None
+            xi = torch.randn(4, 100, 512, device=dev,
+                             generator=torch.Generator(dev).manual_seed(3 + step))
+            xi.requires_grad_(True)
+            y = xi
+            for layer in layers:
+                y = ck(layer, y) if use_ck else layer(y)
+            y.square().sum().backward()
+            outs.append([y, xi.grad] + [p.grad.clone() for p in params])
+        check(f'offloaded checkpoint step {step} (y, dx, dW...)', list(zip(outs[1], outs[0])),
+              1e-5)
     # Chunked loss vs full fp32 logits.
     h = torch.randn(1, 3000, 4096, device=dev, dtype=torch.bfloat16)
     w = torch.randn(32000, 4096, device=dev, dtype=torch.bfloat16) * 0.02

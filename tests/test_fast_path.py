@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 
 from xft.model.fast_path import apply_fast_path, causal_lm_loss
-from xft.model.kernels import FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP
+from xft.model.kernels import FusedLoRALinear, FusedRMSNorm, FusedRoPEAttention, FusedSwiGLUMLP
 from xft.model.loss import linear_cross_entropy
 from xft.utils.constants import IGNORE_INDEX
 
@@ -46,6 +46,7 @@ def test_loss_and_lora_grads_match_the_plain_path(tiny_llama_dir):
     n_layers = fast.config.num_hidden_layers
     assert len(state.lora) == 7 * n_layers
     assert len(state.norms) == 2 * n_layers + 1 and len(state.mlps) == n_layers
+    assert len(state.attention) == n_layers
     assert state.checkpointed_layers == n_layers
     assert [n for n, p in fast.named_parameters() if p.requires_grad] == trainable_before
     ids, labels = batch(fast.config.vocab_size)
@@ -64,7 +65,7 @@ def test_loss_and_lora_grads_match_the_plain_path(tiny_llama_dir):
 def test_restore_gives_back_peft_layers(tiny_llama_dir):
     model = lora_llama(tiny_llama_dir)
     state = apply_fast_path(model)
-    fused = (FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP)
+    fused = (FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP, FusedRoPEAttention)
     assert any(isinstance(m, fused) for m in model.modules())
     state.restore(model)
     assert not any(isinstance(m, fused) for m in model.modules())

@@ -17,7 +17,8 @@ What it does, each step safe on CPU (torch fallbacks where Triton/CUDA are missi
   inputs optionally parked in pinned host memory (`offload_checkpoints`);
 - LoRA layers (one active adapter, no dropout, plain or 4-bit base) become one autograd
   function each (`FusedLoRALinear`);
-- Llama-style RMSNorm and SiLU-gated MLP modules use fused Triton kernels;
+- Llama-style RMSNorm and SiLU-gated MLP modules use fused Triton kernels, and Llama's
+  attention applies RoPE with one (`FusedRoPEAttention`);
 - `causal_lm_loss` takes the loss from the final hidden states in chunks
   (`xft.model.loss.linear_cross_entropy`) and never forms the full fp32 logits.
 """
@@ -28,8 +29,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from .kernels import (FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP, LayerCheckpointer,
-                      restore_modules, swap_modules)
+from .kernels import (FusedLoRALinear, FusedRMSNorm, FusedRoPEAttention, FusedSwiGLUMLP,
+                      LayerCheckpointer, restore_modules, swap_modules)
 from .kernels.swap import Replaced
 from .loss import DEFAULT_CHUNK_TOKENS, linear_cross_entropy
 
@@ -55,12 +56,16 @@ def _classes(suffix: str) -> Tuple[type, ...]:
 
 RMSNORM_TYPES = _classes('rmsnorm')
 MLP_TYPES = _classes('mlp')
+# Attention is version- and family-specific (Mistral/Qwen2 pass a sliding window, Qwen3 has
+# q/k norms): only Llama's, whose forward FusedRoPEAttention reproduces, is swapped.
+ATTENTION_TYPES = tuple(t for t in _classes('attention') if t.__module__.endswith('llama'))
 
 
 @dataclasses.dataclass
 class FastPathState:
     """What `apply_fast_path` changed, to report it and to undo the module swaps."""
     lora: Replaced = dataclasses.field(default_factory=list)
+    attention: Replaced = dataclasses.field(default_factory=list)
     norms: Replaced = dataclasses.field(default_factory=list)
     mlps: Replaced = dataclasses.field(default_factory=list)
     checkpointed_layers: int = 0
@@ -68,12 +73,13 @@ class FastPathState:
 
     def restore(self, llm: nn.Module) -> None:
         """Put back the original modules (before peft's merge or a plain HF save)."""
-        for replaced in (self.mlps, self.norms, self.lora):
+        for replaced in (self.mlps, self.norms, self.attention, self.lora):
             restore_modules(llm, replaced)
-        self.mlps, self.norms, self.lora = [], [], []
+        self.mlps, self.norms, self.attention, self.lora = [], [], [], []
 
     def summary(self) -> str:
         return (f'fast path: {len(self.lora)} LoRA layers fused, {len(self.norms)} RMSNorms, '
+                f'{len(self.attention)} attentions (RoPE), '
                 f'{len(self.mlps)} MLPs, {self.checkpointed_layers} checkpointed layers, '
                 f'{len(self.recast_params)} frozen params recast to the compute dtype')
 
@@ -104,7 +110,8 @@ def keep_frozen_params_in(llm: nn.Module, dtype: torch.dtype) -> List[str]:
     return recast
 
 
-def enable_layer_checkpointing(llm: nn.Module, offload: bool = False) -> int:
+def enable_layer_checkpointing(llm: nn.Module, offload: bool = False,
+                               max_host_gib: Optional[float] = None) -> int:
     """Checkpoint every decoder layer with `LayerCheckpointer`; returns how many.
 
     Uses transformers' own per-layer switch (`gradient_checkpointing` and
@@ -113,7 +120,7 @@ def enable_layer_checkpointing(llm: nn.Module, offload: bool = False) -> int:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
     model = hf_model(llm)
-    checkpointer = LayerCheckpointer(offload=offload)
+    checkpointer = LayerCheckpointer(offload=offload, max_host_gib=max_host_gib)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.gradient_checkpointing = True
@@ -137,6 +144,7 @@ def _lora_types() -> Tuple[type, ...]:
 def apply_fast_path(llm: nn.Module,
                     gradient_checkpointing: bool = True,
                     offload_checkpoints: bool = False,
+                    offload_max_host_gib: Optional[float] = None,
                     fused_lora: bool = True,
                     fused_kernels: bool = True) -> FastPathState:
     """Prepare `llm` (a transformers causal LM, optionally peft-wrapped) for fast training.
@@ -150,12 +158,13 @@ def apply_fast_path(llm: nn.Module,
     ...                   num_hidden_layers=2, num_attention_heads=2)
     >>> state = apply_fast_path(LlamaForCausalLM(cfg))
     >>> state.summary()
-    'fast path: 0 LoRA layers fused, 5 RMSNorms, 2 MLPs, 2 checkpointed layers, 0 frozen params recast to the compute dtype'
+    'fast path: 0 LoRA layers fused, 5 RMSNorms, 2 attentions (RoPE), 2 MLPs, 2 checkpointed layers, 0 frozen params recast to the compute dtype'
     """
     state = FastPathState()
     state.recast_params = keep_frozen_params_in(llm, compute_dtype(llm))
     if gradient_checkpointing:
-        state.checkpointed_layers = enable_layer_checkpointing(llm, offload_checkpoints)
+        state.checkpointed_layers = enable_layer_checkpointing(llm, offload_checkpoints,
+                                                               offload_max_host_gib)
     if fused_lora and _lora_types():
         state.lora = swap_modules(llm, _lora_types(), FusedLoRALinear.from_module)
     if fused_kernels:
@@ -163,6 +172,8 @@ def apply_fast_path(llm: nn.Module,
             state.norms = swap_modules(llm, RMSNORM_TYPES, FusedRMSNorm.from_module)
         if MLP_TYPES:
             state.mlps = swap_modules(llm, MLP_TYPES, FusedSwiGLUMLP.from_module)
+        if ATTENTION_TYPES:
+            state.attention = swap_modules(llm, ATTENTION_TYPES, FusedRoPEAttention.from_module)
     return state
 
 

@@ -7,11 +7,12 @@ from .backend import use_triton
 from .checkpoint import LayerCheckpointer
 from .lora_linear import FusedLoRALinear, lora_linear
 from .rms_norm import FusedRMSNorm, rms_norm, rms_norm_reference
+from .rope import FusedRoPEAttention, rope, rope_reference
 from .swap import restore_modules, swap_modules
 from .swiglu import FusedSwiGLUMLP, swiglu, swiglu_reference
 
 __all__ = [
     'use_triton', 'LayerCheckpointer', 'FusedLoRALinear', 'lora_linear', 'FusedRMSNorm',
-    'rms_norm', 'rms_norm_reference', 'restore_modules', 'swap_modules', 'FusedSwiGLUMLP',
+    'rms_norm', 'rms_norm_reference', 'FusedRoPEAttention', 'rope', 'rope_reference', 'restore_modules', 'swap_modules', 'FusedSwiGLUMLP',
     'swiglu', 'swiglu_reference'
 ]

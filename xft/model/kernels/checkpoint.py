@@ -8,7 +8,7 @@ layer's backward starts, so device memory holds one layer's worth at a time.
 A `LayerCheckpointer` instance is what a transformers `GradientCheckpointingLayer` calls as
 its `_gradient_checkpointing_func(fn, *args)`; `xft.model.fast_path` sets it per layer.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -20,8 +20,10 @@ class _HostBufferPool:
     def __init__(self):
         self._free: Dict[Tuple, List[torch.Tensor]] = {}
         self._pending: List[Tuple[torch.cuda.Event, torch.Tensor]] = []
+        self.pinned_bytes = 0
 
-    def take(self, like: torch.Tensor) -> torch.Tensor:
+    def take(self, like: torch.Tensor, max_bytes: Optional[int] = None) -> Optional[torch.Tensor]:
+        """A free pinned buffer shaped like `like`, a new one, or None past `max_bytes`."""
         still_pending = []
         for event, buf in self._pending:
             if event.query():
@@ -32,6 +34,10 @@ class _HostBufferPool:
         bucket = self._free.get((tuple(like.shape), like.dtype))
         if bucket:
             return bucket.pop()
+        size = like.numel() * like.element_size()
+        if max_bytes is not None and self.pinned_bytes + size > max_bytes:
+            return None
+        self.pinned_bytes += size
         return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
 
     def give_after(self, event: torch.cuda.Event, buf: torch.Tensor) -> None:
@@ -44,7 +50,8 @@ class LayerCheckpointer:
     `hidden` (the first positional argument) must be the only input that needs a gradient:
     that holds for a decoder layer, whose other inputs (masks, rotary tables) are constants;
     parameters used inside `fn` get their grads from the recomputation.
-    With `offload=True` and a CUDA `hidden`, the saved input lives in pinned host memory.
+    With `offload=True` and a CUDA `hidden`, the saved input lives in pinned host memory
+    (at most `max_host_gib` of it; further inputs stay on the device).
 
     >>> layer = torch.nn.Linear(4, 4)
     >>> x = torch.randn(3, 4, requires_grad=True)
@@ -53,10 +60,13 @@ class LayerCheckpointer:
     (torch.Size([3, 4]), torch.Size([4, 4]))
     """
 
-    def __init__(self, offload: bool = False):
+    def __init__(self, offload: bool = False, max_host_gib: Optional[float] = None):
         self.offload = offload
+        # Pinned host memory is finite too: past this budget, inputs stay on the device.
+        self.max_host_bytes = None if max_host_gib is None else int(max_host_gib * 2**30)
         self._pool = _HostBufferPool()
         self._stream = None
+        self._order: List['_Parked'] = []  # this step's parked inputs, in forward order
 
     def __call__(self, fn, hidden, *args):
         if torch.is_grad_enabled() and not hidden.requires_grad:
@@ -77,27 +87,58 @@ class LayerCheckpointer:
             return hidden.detach()
         if self._stream is None:
             self._stream = torch.cuda.Stream(hidden.device)
-        buf = self._pool.take(hidden)
+        if all(p.consumed for p in self._order):
+            self._order = []  # a new forward pass: the previous step's layers are done
+        host = self._pool.take(hidden, self.max_host_bytes)
+        if host is None:
+            return hidden.detach()
+        parked = _Parked(host, hidden.device, len(self._order))
         self._stream.wait_stream(torch.cuda.current_stream(hidden.device))
         with torch.cuda.stream(self._stream):
-            buf.copy_(hidden.detach(), non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(self._stream)
+            parked.host.copy_(hidden.detach(), non_blocking=True)
+            parked.on_host.record(self._stream)
         # The caller may free `hidden` right away; its memory must outlive the copy.
         hidden.record_stream(self._stream)
-        return buf, copied, hidden.device
+        self._order.append(parked)
+        return parked
 
     def unpark(self, parked) -> torch.Tensor:
+        """The saved input on its device. Backward visits layers in reverse order, so the
+        layer before this one is fetched now, on the side stream, while this one computes."""
         if torch.is_tensor(parked):
             return parked
-        buf, copied, device = parked
-        stream = torch.cuda.current_stream(device)
-        stream.wait_event(copied)  # device-side wait: the host copy must be complete
-        out = buf.to(device, non_blocking=True)
-        back = torch.cuda.Event()
-        back.record(stream)
-        self._pool.give_after(back, buf)
+        if parked.on_device is None:
+            self._fetch(parked)
+        stream = torch.cuda.current_stream(parked.device)
+        stream.wait_event(parked.fetched)
+        out = parked.on_device
+        out.record_stream(stream)
+        parked.on_device = None
+        parked.consumed = True
+        if 0 < parked.index <= len(self._order) and self._order[parked.index - 1].on_device is None \
+                and not self._order[parked.index - 1].consumed:
+            self._fetch(self._order[parked.index - 1])
         return out
+
+    def _fetch(self, parked) -> None:
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(parked.on_host)
+            parked.on_device = parked.host.to(parked.device, non_blocking=True)
+            parked.fetched.record(self._stream)
+        self._pool.give_after(parked.fetched, parked.host)
+
+
+class _Parked:
+    """One layer input parked in host memory, and the events of its two copies."""
+
+    def __init__(self, host: torch.Tensor, device: torch.device, index: int):
+        self.host = host
+        self.device = device
+        self.index = index
+        self.on_host = torch.cuda.Event()
+        self.fetched = torch.cuda.Event()
+        self.on_device = None
+        self.consumed = False
 
 
 def _is_anchor(arg) -> bool:

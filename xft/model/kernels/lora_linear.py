@@ -43,9 +43,13 @@ class _LoRALinearFn(torch.autograd.Function):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             bias = base.bias.to(dtype) if base.bias is not None else None
             out = F.linear(x2, dense_weight(base, dtype), bias)
-            xa = x2 @ lora_a.to(dtype).t()
-            out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(x2, xa, lora_a, lora_b)
+            a = lora_a.to(dtype)
+            b = lora_b.to(dtype)
+            xa = x2 @ a.t()
+            out.addmm_(xa, b.t(), alpha=scaling)
+        # Keep the adapter in the compute dtype (a few MB) so backward needs no second cast.
+        ctx.save_for_backward(x2, xa, a, b)
+        ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.base = base
         ctx.scaling = scaling
         ctx.x_dtype = x.dtype
@@ -53,19 +57,19 @@ class _LoRALinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x2, xa, lora_a, lora_b = ctx.saved_tensors
+        x2, xa, a, b = ctx.saved_tensors
         dtype = x2.dtype
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-        dyb = dy2 @ lora_b.to(dtype)  # tokens x r
+        dyb = dy2 @ b  # tokens x r
         dx = da = db = None
         if ctx.needs_input_grad[0]:
             dx = dy2 @ dense_weight(ctx.base, dtype)
-            dx.addmm_(dyb, lora_a.to(dtype), alpha=ctx.scaling)
+            dx.addmm_(dyb, a, alpha=ctx.scaling)
             dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            da = (dyb.t() @ x2).to(lora_a.dtype).mul_(ctx.scaling)
+            da = (dyb.t() @ x2).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
         if ctx.needs_input_grad[2]:
-            db = (dy2.t() @ xa).to(lora_b.dtype).mul_(ctx.scaling)
+            db = (dy2.t() @ xa).to(ctx.param_dtypes[1]).mul_(ctx.scaling)
         return dx, da, db, None, None
 
 
