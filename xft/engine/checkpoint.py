@@ -1,16 +1,24 @@
 """Loading mmengine checkpoints under torch >= 2.6, where ``torch.load`` is weights-only.
 
 mmengine 0.10.7 calls ``torch.load(path)`` with the default ``weights_only=True`` on new
-torch, which refuses the message-hub objects and numpy values that every mmengine
+torch, which refuses the message-hub objects and numpy values that a plain mmengine
 checkpoint holds, so ``--resume`` fails. We register a loader for local paths (mmengine's
 own extension point, ``CheckpointLoader.register_scheme``) that keeps the weights-only
-unpickler and allows exactly the few extra types mmengine writes. Nothing else unpickles.
+unpickler.
+
+Checkpoints written by ``xft train`` hold only tensors and plain Python values (the
+message hub is stored as lists, see ``xft.engine.resume_state``), so they load with nothing
+allowed beyond torch's own list. A checkpoint from plain mmengine (or XTuner) holds
+``HistoryBuffer`` objects and numpy arrays: for those, and only when the strict load refuses
+them, the few extra types mmengine writes are allowed, and the log says so.
 """
 import codecs
 import os
+import pickle
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -24,8 +32,8 @@ def _numpy_globals() -> list:
             np._core.multiarray.scalar]
 
 
-def safe_globals() -> list:
-    """The non-tensor types an mmengine checkpoint may contain.
+def mmengine_globals() -> list:
+    """The non-tensor types a plain mmengine checkpoint may contain.
 
     ``HistoryBuffer`` pickles its statistics methods with ``getattr`` and numpy pickles
     raw bytes with ``_codecs.encode``; with only these types on the list, ``getattr``
@@ -35,11 +43,17 @@ def safe_globals() -> list:
 
 
 def load_checkpoint_file(filename, map_location='cpu') -> dict:
-    """Load an mmengine/xft checkpoint with the weights-only unpickler."""
+    """Load an xft checkpoint with the weights-only unpickler (tensors and plain values only);
+    a plain mmengine checkpoint with mmengine's few extra types allowed."""
     filename = os.path.expanduser(str(filename))
     if not os.path.isfile(filename):
         raise UserError(f'{filename}: checkpoint file not found')
-    with torch.serialization.safe_globals(safe_globals()):
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        print_log(f'{filename}: not an xft checkpoint (it holds mmengine objects); loading it with '
+                  "mmengine's HistoryBuffer and numpy types allowed", logger='current')
+    with torch.serialization.safe_globals(mmengine_globals()):
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 

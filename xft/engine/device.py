@@ -1,9 +1,12 @@
 """Running one config on GPU or CPU without editing it."""
 import os
+import subprocess
 
 import torch
 import torch.distributed as dist
 from mmengine.logging import print_log
+
+from xft.utils.errors import UserError
 
 # What AmpOptimWrapper takes that OptimWrapper does not.
 _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
@@ -32,15 +35,48 @@ def adapt_optim_wrapper(cfg) -> None:
               logger='current')
 
 
-def setup_cpu_distributed(cfg) -> None:
-    """``--launcher pytorch`` on a CPU build of torch: mmengine's own setup calls a CUDA
-    function, so we start a gloo group ourselves and wrap the model without device ids."""
-    if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
+def slurm_environment(environ=os.environ, hostnames=None) -> dict:
+    """torch.distributed's ``env://`` variables for a process started by ``srun``.
+
+    >>> env = slurm_environment({'SLURM_PROCID': '3', 'SLURM_NTASKS': '4', 'SLURM_LOCALID': '1',
+    ...                          'SLURM_NODELIST': 'node[7-8]'}, hostnames=['node7', 'node8'])
+    >>> env['RANK'], env['WORLD_SIZE'], env['LOCAL_RANK'], env['MASTER_ADDR'], env['MASTER_PORT']
+    ('3', '4', '1', 'node7', '29500')
+    """
+    if 'SLURM_PROCID' not in environ:
+        raise UserError('--launcher slurm: SLURM_PROCID is not set; start the job with srun')
+    master = environ.get('MASTER_ADDR')
+    if master is None:
+        if hostnames is None:
+            listing = subprocess.run(['scontrol', 'show', 'hostnames', environ['SLURM_NODELIST']],
+                                     capture_output=True, text=True, check=True)
+            hostnames = listing.stdout.split()
+        master = hostnames[0]
+    return {'RANK': environ['SLURM_PROCID'], 'WORLD_SIZE': environ['SLURM_NTASKS'],
+            'LOCAL_RANK': environ.get('SLURM_LOCALID', '0'), 'MASTER_ADDR': master,
+            'MASTER_PORT': environ.get('MASTER_PORT', '29500')}
+
+
+def setup_distributed(cfg) -> None:
+    """Prepare ``--launcher pytorch|slurm``.
+
+    On CUDA mmengine sets the process group up itself (``--launcher slurm`` gets the
+    ``env://`` variables from SLURM's). A CPU build of torch needs more: mmengine's own setup
+    calls a CUDA function, so we start a gloo group ourselves and wrap the model without
+    device ids (the same code path CI tests with two processes).
+    """
+    launcher = cfg.get('launcher', 'none')
+    if launcher == 'none':
+        return
+    if launcher == 'slurm':
+        os.environ.update(slurm_environment())
+    if torch.cuda.is_available():
         return
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', init_method='env://')
-    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
-                                 broadcast_buffers=False,
-                                 find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if cfg.get('runner_type') != 'FlexibleRunner':
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
+                                     broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
     print_log(f'gloo process group: rank {dist.get_rank()} of {dist.get_world_size()} '
               f'(local rank {os.environ.get("LOCAL_RANK", "0")})', logger='current')

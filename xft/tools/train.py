@@ -1,5 +1,14 @@
-"""``python tools/train.py CONFIG``: build a config with mmengine's Runner and train it."""
+"""``python tools/train.py CONFIG``: build a config with mmengine's Runner and train it.
+
+One process: ``xft train CONFIG``. Several: ``NPROC_PER_NODE=2 xft train CONFIG`` (torchrun,
+``--launcher pytorch``) or ``srun ... xft train CONFIG --launcher slurm``; DeepSpeed ZeRO through
+mmengine's FlexibleRunner with ``--deepspeed deepspeed_zero2`` (or a JSON file).
+Every run saves checkpoints atomically, saves and stops on SIGTERM/SIGINT, resumes exactly
+(``--resume auto``) and stops on a NaN loss: see docs/distributed_and_faults.md.
+"""
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +28,10 @@ def parse_args(argv=None):
                         help='resume from the newest checkpoint in the work dir (auto) or from PATH')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher for distributed training')
+    parser.add_argument('--deepspeed', metavar='NAME|JSON',
+                        help='train with DeepSpeed through mmengine\'s FlexibleRunner: a shipped config '
+                             '(deepspeed_zero1, deepspeed_zero2, deepspeed_zero2_offload, deepspeed_zero3, '
+                             'deepspeed_zero3_offload) or a JSON file; "auto" fields are filled from the config')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -29,6 +42,8 @@ def build_train_config(args):
     from xft.engine.device import adapt_optim_wrapper
 
     cfg = load_config(args.config, args.cfg_options)
+    # Imported once the config is known to load: the hooks package imports the model stack.
+    from xft.engine.hooks.checkpoint_hook import use_safe_checkpoint_hook
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or str(Path('work_dirs') / resolve_config(args.config).stem)
     if args.seed is not None or args.deterministic:
@@ -40,10 +55,15 @@ def build_train_config(args):
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
-        if not Path(args.resume).is_file():
+        if not Path(args.resume).exists():
             raise UserError(f'{args.resume}: checkpoint to resume from not found')
         cfg.resume, cfg.load_from = True, args.resume
-    adapt_optim_wrapper(cfg)
+    if getattr(args, 'deepspeed', None):
+        from xft.engine.deepspeed import use_deepspeed
+        use_deepspeed(cfg, args.deepspeed)
+    else:
+        adapt_optim_wrapper(cfg)
+    use_safe_checkpoint_hook(cfg)
     return cfg
 
 
@@ -51,11 +71,15 @@ def train(cfg):
     from mmengine.runner import Runner
 
     from xft.engine.checkpoint import register_checkpoint_loader
-    from xft.engine.device import setup_cpu_distributed
+    from xft.engine.device import setup_distributed
+    from xft.engine.hooks.exact_resume_hook import ExactResumeHook
+    from xft.engine.hooks.preemption_hook import PreemptionHook
 
     register_checkpoint_loader()
-    setup_cpu_distributed(cfg)
+    setup_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else _build_custom_runner(cfg)
+    runner.register_hook(ExactResumeHook())
+    runner.register_hook(PreemptionHook())
     runner.train()
     return runner
 
@@ -65,17 +89,34 @@ def _build_custom_runner(cfg):
     return RUNNERS.build(cfg)
 
 
+def preempted(runner):
+    """(signal name, iteration, checkpoint) when a signal stopped the run, else None."""
+    return next((hook.stopped_by for hook in runner.hooks if getattr(hook, 'stopped_by', None)), None)
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'
+
+
 def main(argv=None) -> int:
     from xft.engine.config import user_message
     args = parse_args(argv)
     try:
-        train(build_train_config(args))
+        runner = train(build_train_config(args))
     except UserError as error:
-        print(f'xft train: {user_message(error)}', file=sys.stderr)
+        if _is_rank_zero():
+            print(f'xft train: {user_message(error)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('xft train: interrupted', file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    stop = preempted(runner)
+    if stop is not None:
+        name, step, path = stop
+        if _is_rank_zero():
+            print(f'xft train: stopped by {name} after iteration {step}; checkpoint {path}; '
+                  'continue with --resume auto', file=sys.stderr)
+        return 128 + signal.Signals[name].value
     return 0
 
 

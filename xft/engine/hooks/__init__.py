@@ -1,3 +1,6 @@
 from .dataset_info_hook import DatasetInfoHook  # noqa: E402,F401
 from .evaluate_chat_hook import EvaluateChatHook  # noqa: E402,F401
 from .plot_hook import LossCurveHook, TensorboardBackend  # noqa: E402,F401
+from .checkpoint_hook import SafeCheckpointHook  # noqa: E402,F401
+from .exact_resume_hook import ExactResumeHook  # noqa: E402,F401
+from .preemption_hook import PreemptionHook  # noqa: E402,F401
