@@ -16,8 +16,10 @@ SMALL_DATA_SOURCES = {
     'oasst1': ('oasst1_guanaco/openassistant_best_replies_eval.shared318.jsonl', 16),
 }
 # PART 1 values that make any zoo config small enough for two CPU cores.
-SMALL_SETTINGS = dict(max_length=128, batch_size=2, accumulative_counts=1, evaluation_freq=2,
-                      save_steps=2)
+# warmup_ratio: mmengine turns the warm-up into int(warmup_ratio * epochs * iterations per epoch)
+# iterations and refuses 0, which a 0.03 ratio gives on a few-row file.
+SMALL_SETTINGS = dict(max_length=512, batch_size=2, accumulative_counts=1, save_steps=2,
+                      warmup_ratio=0.5)
 
 
 def swap_part1(text: str, **values) -> str:

@@ -1,0 +1,178 @@
+"""No zoo config rots: each one is what the generator writes, shares its body, and builds.
+
+Every config under configs/ (but the two hand-written ones) is built on the tiny random Llama
+with a small file of its dataset's format, quantization kept; a sample, one per shared body,
+trains two iterations through `xft train` in a subprocess, as a user runs it.
+"""
+import ast
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest_zoo import dataset_key, small_data_files, tiny_config_text
+from xft.tools import gen_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'configs'
+# Written by hand, outside the generated zoo.
+HAND_WRITTEN = {'internlm_7b_qlora_oasst1.py', 'smollm2_135m_qlora_self_cognition.py'}
+# One config per shared body, from different families, trained for two iterations.
+TRAINED_SAMPLE = ['qwen1_5_7b_chat_qlora_alpaca_e3', 'llama3_8b_instruct_lora_alpaca_e3',
+                  'smollm2_135m_instruct_full_custom_sft_e1', 'yi_6b_full_custom_pretrain_e1']
+
+
+def zoo_files():
+    return sorted(p for p in CONFIGS.rglob('*.py') if p.name not in HAND_WRITTEN)
+
+
+def test_committed_zoo_is_exactly_what_the_generator_writes():
+    rendered = gen_configs.rendered_zoo()
+    committed = {p.relative_to(CONFIGS): p.read_text() for p in zoo_files()}
+    assert sorted(committed) == sorted(rendered), 'run `python -m xft.tools.gen_configs`'
+    stale = [str(rel) for rel, text in rendered.items() if committed[rel] != text]
+    assert not stale, f'edited by hand or generator changed; rerun the generator: {stale[:5]}'
+
+
+def test_parts_2_to_5_are_byte_identical_within_each_body():
+    bodies = defaultdict(set)
+    for entry in gen_configs.zoo_entries():
+        _, body = gen_configs.split_body((CONFIGS / entry.path).read_text())
+        bodies[entry.body].add(body)
+    assert sorted(bodies) == ['full', 'lora', 'pretrain', 'qlora']
+    for name, texts in bodies.items():
+        assert len(texts) == 1, f'{name}: {len(texts)} different PART 2-5 texts'
+        assert texts == {gen_configs.body_text(name)}
+
+
+def test_zoo_covers_the_families_methods_and_data_formats():
+    names = {p.stem for p in zoo_files()}
+    for family_key in ['internlm_chat_7b', 'internlm2_chat_7b', 'internlm2_5_chat_7b', 'llama2_7b_chat',
+                       'llama3_8b_instruct', 'llama3_1_8b_instruct', 'qwen1_5_7b_chat', 'qwen2_7b_instruct',
+                       'qwen2_5_7b_instruct', 'mistral_7b', 'mixtral_8x7b_instruct', 'gemma_2b_it',
+                       'baichuan2_7b_chat', 'chatglm3_6b', 'deepseek_coder_6_7b_instruct', 'yi_6b',
+                       'phi3_mini_4k_instruct', 'smollm2_135m_instruct']:
+        assert any(name.startswith(family_key + '_') for name in names), family_key
+    for part in ['_qlora_', '_lora_', '_full_', '_oasst1_', '_alpaca_', '_alpaca_zh_', '_code_alpaca_',
+                 '_custom_sft_', '_custom_conversation_', '_custom_pretrain_']:
+        assert any(part in name for name in names), part
+    assert 'llama2_7b_chat_qlora_alpaca_e3' in names and 'qwen1_5_7b_chat_lora_oasst1_e3' in names
+
+
+def test_config_names_are_unique_so_bare_names_resolve():
+    stems = [p.stem for p in CONFIGS.rglob('*.py')]
+    assert len(stems) == len(set(stems))
+
+
+def part1_assignments(text):
+    """(name, has a why-comment) for each PART 1 assignment."""
+    head, _ = gen_configs.split_body(text)
+    part1 = head.split(gen_configs.banner('PART 1  Settings'))[1]
+    lines = part1.splitlines()
+    found = []
+    for node in ast.parse(part1).body:
+        if isinstance(node, ast.Assign):
+            line = lines[node.lineno - 1]
+            above = lines[node.lineno - 2] if node.lineno >= 2 else ''
+            found.append((node.targets[0].id, '#' in line or above.startswith('#')))
+    return found
+
+
+@pytest.mark.parametrize('path', [zoo_files()[0], CONFIGS / 'mixtral/mixtral_8x7b_instruct/'
+                                  'mixtral_8x7b_instruct_qlora_alpaca_e3.py'],
+                         ids=lambda p: p.stem)
+def test_each_part1_knob_has_a_why_comment_or_an_obvious_neighbour(path):
+    assignments = part1_assignments(path.read_text())
+    names = [name for name, _ in assignments]
+    assert {'pretrained_model_name_or_path', 'data_path', 'dataset_map_fn', 'prompt_template',
+            'max_length', 'lr', 'use_tensorboard'} <= set(names)
+    # Knobs whose meaning the name and neighbours carry (as in XTuner's configs).
+    self_explaining = {'dataloader_num_workers', 'optim_type', 'betas', 'weight_decay', 'save_steps',
+                       'evaluation_freq', 'evaluation_inputs'}
+    missing = [name for name, commented in assignments if not commented and name not in self_explaining]
+    assert not missing, f'{path.name}: PART 1 knobs without a why-comment: {missing}'
+
+
+@pytest.fixture(scope='module')
+def small_files(shared_data, tmp_path_factory):
+    return small_data_files(shared_data, tmp_path_factory.mktemp('zoo_data'))
+
+
+def tiny_config(path, tiny_llama_dir, small_files, out_dir):
+    out = out_dir / path.name
+    out.write_text(tiny_config_text(path, tiny_llama_dir, small_files[dataset_key(path.stem)]))
+    return out
+
+
+def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, small_files):
+    """Data, model and hooks of every config, as the Runner builds them (quantization kept)."""
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, HOOKS, MODELS
+
+    from xft.utils import IGNORE_INDEX
+
+    paths = zoo_files()
+    assert len(paths) == len(list(CONFIGS.rglob('*.py'))) - len(HAND_WRITTEN & {
+        p.name for p in CONFIGS.glob('*.py')}), 'a config in configs/ is neither zoo nor hand-written'
+    assert len(paths) == len(gen_configs.zoo_entries())
+    built = 0
+    for path in paths:
+        cfg = Config.fromfile(str(tiny_config(path, tiny_llama_dir, small_files, tmp_path)))
+        dataset_cfg = dict(cfg.train_dataloader.dataset, max_dataset_length=8, map_num_proc=1)
+        dataset = DATASETS.build(dataset_cfg)
+        assert len(dataset) > 0, path.stem
+        assert any(label != IGNORE_INDEX for label in dataset[0]['labels']), f'{path.stem}: nothing trained'
+
+        model = MODELS.build(cfg.model)
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        method = path.stem.split('_')[[i for i, part in enumerate(path.stem.split('_'))
+                                       if part in ('qlora', 'lora', 'full')][0]]
+        if method == 'full':
+            assert len(trainable) == len(list(model.parameters())), path.stem
+        else:
+            assert trainable and all('lora_' in name for name in trainable), path.stem
+            targets = cfg.lora_target_modules
+            if targets is not None:
+                assert {name.split('.lora_')[0].split('.')[-1] for name in trainable} == set(targets)
+        quantized = any(type(m).__name__ == 'Linear4bit' for m in model.modules())
+        assert quantized == (method == 'qlora'), path.stem
+
+        hooks = [HOOKS.build(dict(hook)) for hook in cfg.custom_hooks]
+        assert [type(h).__name__ for h in hooks] == ['DatasetInfoHook', 'EvaluateChatHook', 'LossCurveHook']
+        built += 1
+    assert built == len(paths)
+
+
+def run_xft(*args, cwd=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
+    return subprocess.run([sys.executable, '-m', 'xft.cli', *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd or REPO, timeout=timeout)
+
+
+# Two iterations, each logged; short sample answers (the chat hook still runs before and after).
+SMOKE_OPTIONS = ['--cfg-options', 'train_cfg.max_epochs=None', 'train_cfg.max_iters=2',
+                 'default_hooks.logger.interval=1', 'custom_hooks.1.max_new_tokens=8',
+                 'train_dataloader.dataset.max_dataset_length=16', 'train_dataloader.dataset.map_num_proc=1']
+
+
+@pytest.mark.parametrize('name', TRAINED_SAMPLE)
+def test_a_sample_of_the_zoo_trains_two_iterations(name, tmp_path, tiny_llama_dir, small_files):
+    path = next(CONFIGS.rglob(f'{name}.py'))
+    config = tmp_path / path.name
+    # 128-token rows: the few sample rows make at least two iterations per epoch.
+    config.write_text(tiny_config_text(path, tiny_llama_dir, small_files[dataset_key(name)], max_length=128))
+    work_dir = tmp_path / 'run'
+    result = run_xft('train', config, '--work-dir', work_dir, *SMOKE_OPTIONS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = next(work_dir.glob('*/vis_data/scalars.json'))
+    losses = [row['loss'] for row in map(json.loads, scalars.read_text().splitlines()) if 'loss' in row]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert (work_dir / 'loss_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert (work_dir / 'iter_2.pth').is_file()
+    assert torch.load(work_dir / 'iter_2.pth', map_location='cpu', weights_only=False)['state_dict']
