@@ -130,7 +130,8 @@ def test_dataset_info_decodes_intern_repo_negative_ids(tiny_tokenizer):
     assert lines[1].endswith('Hello there')
 
 
-def test_hook_rejects_missing_template(tiny_tokenizer):
-    with pytest.raises(ValueError, match='prompt_template'):
-        EvaluateChatHook(tokenizer=tiny_tokenizer, evaluation_inputs=INPUTS)
+def test_hook_without_template_sends_the_inputs_as_they_are(tiny_tokenizer):
+    hook = EvaluateChatHook(tokenizer=tiny_tokenizer, evaluation_inputs='Shanghai is')
+    text_ids = tiny_tokenizer('Shanghai is', add_special_tokens=False)['input_ids']
+    assert hook.prompts == [[tiny_tokenizer.bos_token_id] + text_ids]
 

@@ -27,6 +27,8 @@ from xft.dataset.encode import conversation_to_messages, encode_conversation
 from xft.dataset.map_fns.template import (resolve_template, template_map_fn,
                                           uses_tokenizer_chat_template)
 
+# No template: the text is the prompt (after the tokenizer's BOS), as for a pretrained base.
+RAW_TEXT_TEMPLATE = {'INSTRUCTION': '{input}'}
 # Prompts are never truncated for generation: a chat that outgrows the model errors in the
 # model, where the user sees why, instead of silently losing its start.
 _NO_TRUNCATION = sys.maxsize

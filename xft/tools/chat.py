@@ -16,7 +16,8 @@ Three ways to use it::
     (stdin is not a terminal: blank-line separated turns, one answer per turn, history kept)
 
 Without ``--prompt-template`` the tokenizer's own chat_template is used (``hf_chat_template``);
-a tokenizer saved by ``pth_to_hf`` carries the training template as its chat_template.
+a tokenizer saved by ``pth_to_hf`` carries the training template as its chat_template. A
+tokenizer without one gets the messages as plain text (XTuner's behaviour for base models).
 """
 import argparse
 import logging
@@ -78,6 +79,11 @@ def parse_args(argv):
 def resolve_chat_template(name):
     from xft.dataset.map_fns.template import resolve_template
     return resolve_template(name or HF_CHAT_TEMPLATE)
+
+
+def raw_text_template():
+    from xft.model.generation import RAW_TEXT_TEMPLATE
+    return RAW_TEXT_TEMPLATE
 
 
 def resolve_system(args):
@@ -234,8 +240,11 @@ def chat(args):
           (f' in {args.bits} bits' if args.bits else '') + ' ...', file=sys.stderr, flush=True)
     tokenizer = load_tokenizer(args)
     if args.prompt_template is None and not getattr(tokenizer, 'chat_template', None):
-        raise ConfigError(f'{args.model}: the tokenizer has no chat_template; pass '
-                          '--prompt-template NAME (e.g. chatml, llama3_chat, default)')
+        # XTuner's behaviour for a base model: the text goes in as it is. Said out loud, since
+        # a fine-tuned model asked without its template answers badly.
+        print('no --prompt-template given and the tokenizer has no chat_template: messages '
+              'are sent as plain text', file=sys.stderr)
+        template = raw_text_template()
     model = load_model(args)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_k=args.top_k,

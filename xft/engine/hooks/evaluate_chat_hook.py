@@ -26,8 +26,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 
-from xft.model.generation import (GenerationSettings, encode_for_generation, generate_reply,
-                                  stop_words_for)
+from xft.model.generation import (RAW_TEXT_TEMPLATE, GenerationSettings,
+                                  encode_for_generation, generate_reply, stop_words_for)
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
 from xft.registry import build_nested
 
@@ -42,7 +42,8 @@ class EvaluateChatHook(Hook):
         tokenizer: the tokenizer or its config dict.
         evaluation_inputs: a string or a list of strings to answer.
         system: the system prompt text ('' for none).
-        prompt_template: a PROMPT_TEMPLATE dict or name (as in the config's data pipeline).
+        prompt_template: a PROMPT_TEMPLATE dict or name (as in the config's data pipeline);
+            None sends the inputs as they are (a pretraining run).
         every_n_iters: generate every N training iterations (None: only before/after training
             and at checkpoint saves).
         max_new_tokens: the longest answer.
@@ -62,9 +63,8 @@ class EvaluateChatHook(Hook):
                  generation_kwargs=None, evaluation_images=None, image_processor=None):
         if evaluation_images is not None or image_processor is not None:
             raise ValueError('EvaluateChatHook: image inputs (LLaVA) are not supported by xft')
-        if prompt_template is None:
-            raise ValueError('EvaluateChatHook: prompt_template is required, e.g. '
-                             'PROMPT_TEMPLATE.chatml or the config\'s prompt_template')
+        if prompt_template is None:  # XTuner's meaning: the inputs are sent as they are
+            prompt_template = RAW_TEXT_TEMPLATE
         self.tokenizer = build_nested(dict(tokenizer)) if isinstance(tokenizer, dict) else tokenizer
         self.evaluation_inputs = ([evaluation_inputs] if isinstance(evaluation_inputs, str)
                                   else list(evaluation_inputs))
