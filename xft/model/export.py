@@ -188,7 +188,7 @@ def _check_loaded(result, what, wanted):
         raise UserError(f'checkpoint does not match the config\'s {what}: {problem}')
 
 
-def export_adapter(cfg, state_dict, save_dir, dtype=None):
+def export_adapter(cfg, state_dict, save_dir, dtype=None, safe_serialization=True):
     """Write a PEFT adapter folder from a LoRA checkpoint's (prefix-stripped) state dict.
 
     ``dtype`` casts the adapter tensors (None keeps them as trained).
@@ -204,7 +204,7 @@ def export_adapter(cfg, state_dict, save_dir, dtype=None):
                for k, v in state_dict.items()}
     _assign_checked(peft_model, tensors, 'LoRA adapter',
                     wanted=lambda key: any(marker in key for marker in LORA_KEY_MARKERS))
-    peft_model.save_pretrained(str(save_dir), safe_serialization=True)
+    peft_model.save_pretrained(str(save_dir), safe_serialization=safe_serialization)
     return Path(save_dir)
 
 

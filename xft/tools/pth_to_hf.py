@@ -84,7 +84,8 @@ def convert(args):
     progress.step(f'writing {"PEFT adapter" if lora else "full model"} to {args.save_dir} '
                   '(base built on the meta device)')
     if lora:
-        export_adapter(cfg, state_dict, args.save_dir, dtype=dtype)
+        export_adapter(cfg, state_dict, args.save_dir, dtype=dtype,
+                       safe_serialization=args.safe_serialization)
     else:
         export_full_model(cfg, state_dict, args.save_dir, dtype=dtype,
                           max_shard_size=args.max_shard_size,
