@@ -194,7 +194,10 @@ def test_concat_dataset_joins_lengths(toy_rows, tiny_tokenizer):
     assert len(joined.length) == 24 and max(joined.length[12:]) <= 32
 
 
-def test_two_processes_give_the_same_rows_and_name_a_bad_row(tmp_path, tiny_tokenizer):
+def test_two_processes_give_the_same_rows_and_name_a_bad_row(tmp_path, tiny_tokenizer,
+                                                             monkeypatch):
+    import xft.dataset.pipeline as pipeline
+    monkeypatch.setattr(pipeline, 'MIN_ROWS_PER_PROCESS', 100)
     rows = [{'instruction': f'Repeat {i}.', 'input': '', 'output': f'{i}'} for i in range(1200)]
     path = tmp_path / 'many.jsonl'
     path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
