@@ -27,7 +27,7 @@ model = dict(
     llm=dict(
         type=AutoModelForCausalLM.from_pretrained,
         pretrained_model_name_or_path=pretrained_model_name_or_path,
-        torch_dtype=torch.float32{quantization}),
+        torch_dtype=torch.{dtype}{quantization}),
     lora={lora})
 '''
 
@@ -38,10 +38,10 @@ QUANTIZATION = (",\n        quantization_config=dict(type=BitsAndBytesConfig, lo
                 "bnb_4bit_compute_dtype=torch.float32)")
 
 
-def write_config(path, model_dir, kind='lora', template='chatml'):
+def write_config(path, model_dir, kind='lora', template='chatml', dtype='float32'):
     """Write an XTuner-style config for ``kind`` in ('lora', 'qlora', 'full')."""
     text = CONFIG_TEMPLATE.format(
-        model_dir=str(model_dir), template=template,
+        model_dir=str(model_dir), template=template, dtype=dtype,
         quantization=QUANTIZATION if kind == 'qlora' else '',
         lora='None' if kind == 'full' else LORA_DICT)
     Path(path).write_text(text)

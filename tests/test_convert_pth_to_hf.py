@@ -104,6 +104,25 @@ def test_full_checkpoint_becomes_sharded_model_folder(tmp_path, tiny_llama_dir):
     assert '<|im_start|>' in AutoTokenizer.from_pretrained(str(out)).chat_template
 
 
+def test_full_export_dtype_follows_the_config_and_fp32_flag(tmp_path, tiny_llama_dir, capsys):
+    from conftest_convert import build_model_from_config, save_checkpoint, write_config
+    config = write_config(tmp_path / 'bf16_cfg.py', tiny_llama_dir, 'full', dtype='bfloat16')
+    model = build_model_from_config(config)
+    checkpoint = save_checkpoint(model, tmp_path / 'iter_1.pth')
+    capsys.readouterr()
+    assert pth_to_hf_main([str(config), str(checkpoint), str(tmp_path / 'bf16')]) == 0
+    out = capsys.readouterr().out
+    assert '[1/4]' in out and '[4/4]' in out and 'saved a full model to' in out
+    assert AutoModelForCausalLM.from_pretrained(str(tmp_path / 'bf16')).dtype == torch.bfloat16
+    assert pth_to_hf_main([str(config), str(checkpoint), str(tmp_path / 'fp32'), '--fp32']) == 0
+    fp32 = AutoModelForCausalLM.from_pretrained(str(tmp_path / 'fp32'))
+    assert fp32.dtype == torch.float32
+    # Exactly the trained bf16 weights, widened.
+    trained = model.llm.state_dict()
+    assert all(torch.equal(value.float(), trained[key].float())
+               for key, value in fp32.state_dict().items())
+
+
 def test_cfg_options_reach_the_export(tmp_path, tiny_llama_dir, capsys):
     config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'lora')
     out = tmp_path / 'adapter_r4'
