@@ -206,6 +206,11 @@ BUILDERS = {
 }
 
 
+def _direct_dequant_state():
+    from xft.model.kernels.lora_linear import dequantize_4bit
+    return dequantize_4bit.verified
+
+
 def measure(step, seq_len, warmup, steps, vocab):
     import torch
     torch.manual_seed(seq_len)
@@ -279,6 +284,8 @@ def worker(args):
     qlora = args.mode == 'qlora'
     seqs = [int(s) for s in args.seqs.split(',') if s]
     lengths = [int(s) for s in args.longest.split(',') if s] if qlora else []
+    if args.longest_systems and args.worker not in args.longest_systems.split(','):
+        lengths = []
     max_len = max(seqs + lengths)
     out = Path(args.jsonl)
 
@@ -299,6 +306,8 @@ def worker(args):
                   warmup=args.warmup, steps=args.steps, **result))
         if seq_len in [int(s) for s in args.profile_seqs.split(',') if s]:
             profile(step, seq_len, out.parent / f'profile_{args.worker}_{args.mode}_{seq_len}.txt')
+    if qlora and args.worker.startswith('xft'):
+        emit(dict(setting='check', direct_nf4_dequantize_verified=_direct_dequant_state()))
     if lengths and result is not None:
         longest(step, lengths, args.longest_cap_s, LLAMA2_7B_SHAPE['vocab_size'], seqs[-1],
                 result['step_s'], emit)
@@ -309,7 +318,8 @@ def worker(args):
 # ----------------------------------------------------------------------------------------
 def summarize(records, md_path: Path) -> str:
     """A markdown table per setting with ratios to the baseline and to unsloth."""
-    timed = [r for r in records if r.get('setting') != 'longest' and 'tokens_per_s' in r]
+    timed = [r for r in records if r.get('setting') not in ('longest', 'check')
+             and 'tokens_per_s' in r]
     by_key = {(r['system'], r['setting']): r for r in timed}
     lines = [f'# One-GPU training benchmark ({records[0]["gpu"] if records else "?"}, '
              f'{datetime.date.today().isoformat()})', '',
@@ -357,7 +367,8 @@ def driver(args):
         for mode in args.modes.split(','):
             cmd = [sys.executable, __file__, '--worker', system, '--mode', mode, '--model-dir',
                    str(model_dir), '--jsonl', str(jsonl), '--seqs', args.seqs, '--longest',
-                   args.longest, '--longest-cap-s', str(args.longest_cap_s), '--warmup',
+                   args.longest, '--longest-cap-s', str(args.longest_cap_s), '--longest-systems',
+                   args.longest_systems, '--warmup',
                    str(args.warmup), '--steps', str(args.steps), '--profile-seqs',
                    args.profile_seqs if system.startswith('xft') else '']
             t1 = time.perf_counter()
@@ -388,6 +399,7 @@ def main(argv=None):
     p.add_argument('--seqs', default='2048,8192')
     p.add_argument('--longest', default=LONGEST_DEFAULT)
     p.add_argument('--longest-cap-s', type=float, default=60.0)
+    p.add_argument('--longest-systems', default='', help='probe only these (default: all)')
     p.add_argument('--profile-seqs', default='', help='profile the step at these lengths')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--steps', type=int, default=10)

@@ -82,6 +82,15 @@ def main():
                 p.data.normal_(std=0.02)
         return model
 
+    from xft.model.kernels.lora_linear import dequantize_4bit
+    for shape in [(4096, 4096), (11008, 4096), (1000, 333)]:
+        q = bnb.nn.Params4bit(torch.randn(shape, dtype=torch.bfloat16), requires_grad=False,
+                              quant_type='nf4', compress_statistics=True).to(dev)
+        direct = dequantize_4bit._direct(q, q.quant_state)
+        ok = torch.equal(direct, bnb.functional.dequantize_4bit(q, q.quant_state))
+        print(f'{"ok " if ok else "BAD"} direct NF4 dequantize {shape} bit-equal: {ok}')
+        if not ok:
+            FAILED.append(f'dequantize {shape}')
     ref_m, fused_m = qlora(1), qlora(1)
     assert len(swap_modules(fused_m, LoraLayer, FusedLoRALinear.from_module)) == 1
     x = torch.randn(3, 333, 4096, device=dev, dtype=torch.bfloat16)

@@ -36,9 +36,17 @@ class _HostBufferPool:
             return bucket.pop()
         size = like.numel() * like.element_size()
         if max_bytes is not None and self.pinned_bytes + size > max_bytes:
-            return None
+            self._drop_free()  # buffers of other shapes (an earlier length) make room
+            if self.pinned_bytes + size > max_bytes:
+                return None
         self.pinned_bytes += size
         return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+
+    def _drop_free(self) -> None:
+        for bucket in self._free.values():
+            for buf in bucket:
+                self.pinned_bytes -= buf.numel() * buf.element_size()
+        self._free = {}
 
     def give_after(self, event: torch.cuda.Event, buf: torch.Tensor) -> None:
         self._pending.append((event, buf))
