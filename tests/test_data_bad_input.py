@@ -135,3 +135,10 @@ def test_hub_dataset_config_offline_fails_fast(tiny_tokenizer):
         dict(type=load_dataset, path='timdettmers/openassistant-guanaco'), tiny_tokenizer))
     assert time.monotonic() - start < 5
     assert "'timdettmers/openassistant-guanaco'" in message
+
+
+def test_one_pretty_printed_object_is_not_rows(tmp_path, tiny_tokenizer):
+    path = tmp_path / 'data.json'
+    path.write_text(json.dumps({'conversation': [{'input': 'a', 'output': 'b'}]}, indent=2))
+    message = one_line_error(DataError, lambda: run(path, tiny_tokenizer))
+    assert message.startswith(f'{path}: holds one JSON object; expected a JSON array of rows')

@@ -100,7 +100,17 @@ def read_rows(path):
         lines = text.splitlines()
         return [{'text': line} for line in lines], [f'{path} line {i + 1}' for i in
                                                     range(len(lines))]
-    if text.lstrip().startswith('['):
+    stripped = text.lstrip()
+    if suffix == '.json' and stripped.startswith('{') and '\n' in stripped.rstrip():
+        # A pretty-printed single object is neither an array of rows nor JSON lines.
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            raise DataError(f'{path}: holds one JSON object; expected a JSON array of rows '
+                            '([{...}, {...}]) or one JSON object per line')
+    if stripped.startswith('['):
         try:
             return _json_array_rows(path, text)
         except DataError:
