@@ -1,7 +1,11 @@
 """The ``xft`` command: ``xft VERB [ARGS...]``, with XTuner's verbs.
 
-Each verb maps to a ``main(argv) -> int`` in the module that does the work; this file
-only dispatches, so ``xft train ...`` and ``python tools/train.py ...`` run the same code.
+Each verb maps to a ``main(argv) -> int`` in the module that does the work; this file only
+dispatches, so ``xft train ...`` and ``python tools/train.py ...`` run the same code. Whatever
+goes wrong because of the user's input ends in one line on stderr and a non-zero exit:
+
+    $ xft train no_such_config
+    xft train: no_such_config: no such config file, and no config of that name in .../configs (see `xft list-cfg`)
 """
 import importlib
 import os
@@ -9,78 +13,147 @@ import shutil
 import subprocess
 import sys
 
+from xft.utils.errors import UserError
+
 # verb -> (module, function, one-line help)
 VERBS = {
-    'train': ('xft.tools.train', 'main', 'train a config (NPROC_PER_NODE=N for several GPUs/processes)'),
-    'convert': (None, None, 'convert pth_to_hf CONFIG PTH OUT | convert merge BASE ADAPTER OUT'),
-    'chat': ('xft.tools.chat', 'main', 'chat with a model (with --adapter, --bits 4, --prompt-template)'),
     'list-cfg': ('xft.tools.cfg_tools', 'list_cfg_main', 'list the configs of the zoo [-p PATTERN]'),
-    'copy-cfg': ('xft.tools.cfg_tools', 'copy_cfg_main', 'copy a zoo config: copy-cfg NAME DIR'),
-    'check-custom-dataset': ('xft.dataset.tools', 'check_custom_dataset_main', 'validate a config\'s data'),
+    'copy-cfg': ('xft.tools.cfg_tools', 'copy_cfg_main', 'copy a zoo config to edit: copy-cfg NAME DIR'),
+    'train': ('xft.tools.train', 'main',
+              'train a config (NPROC_PER_NODE=N xft train ... for N GPUs/processes)'),
+    'convert': (None, None, 'convert pth_to_hf CONFIG PTH OUT | convert merge BASE ADAPTER OUT'),
+    'chat': ('xft.tools.chat', 'main', 'chat with a model (--adapter, --bits 4, --prompt-template)'),
+    'check-custom-dataset': ('xft.dataset.tools', 'check_custom_dataset_main',
+                             "check a config's data: every row maps, encodes and trains"),
     'log-dataset': ('xft.dataset.tools', 'log_dataset_main', 'print what the model will see'),
-    'list-dataset-format': ('xft.dataset.tools', 'list_dataset_format_main', 'list the dataset map functions'),
+    'list-dataset-format': ('xft.dataset.tools', 'list_dataset_format_main',
+                            'list the dataset map functions and the fields they read'),
+    'plot-log': ('xft.tools.plot_log', 'main', 'plot the loss and learning-rate curves of a run'),
     'prepare-demo-model': ('xft.tools.prepare_demo_model', 'main', 'convert the embedded SmolLM2 model'),
     'demo': ('xft.tools.demo', 'main', 'prepare, train, convert, merge and chat with the embedded model'),
-    'plot-log': ('xft.tools.plot_log', 'main', 'plot the loss and learning-rate curves of a run'),
     'version': (None, None, 'print the version'),
-    'help': (None, None, 'print this help'),
+    'help': (None, None, 'print this help, or `xft help VERB` for one verb'),
 }
 
 CONVERT_VERBS = {
-    'pth_to_hf': ('xft.tools.pth_to_hf', 'main'),
-    'merge': ('xft.tools.merge', 'main'),
+    'pth_to_hf': ('xft.tools.pth_to_hf', 'main', 'a training checkpoint -> PEFT adapter or HF model'),
+    'merge': ('xft.tools.merge', 'main', 'fold a LoRA adapter into its base model'),
 }
+
+# Environment variables XTuner users set for multi-process training (torchrun's arguments).
+TORCHRUN_ENV = {'NNODES': ('--nnodes', '1'), 'NODE_RANK': ('--node_rank', '0'),
+                'ADDR': ('--master_addr', '127.0.0.1'), 'PORT': ('--master_port', '29500')}
 
 
 def print_help() -> None:
     print('usage: xft VERB [ARGS...]\n\nverbs:')
     for verb, (_, _, text) in VERBS.items():
         print(f'  {verb:22s}{text}')
-    print('\nRun `xft VERB --help` for the arguments of one verb.')
+    print('\nConfigs are named by file name without .py (`xft list-cfg`) or given as a path.')
+    print('Run `xft VERB --help` for the arguments of one verb.')
 
 
-def run_verb(module_name: str, function_name: str, argv: list) -> int:
-    module = importlib.import_module(module_name)
-    return int(getattr(module, function_name)(argv) or 0)
+def print_convert_help() -> None:
+    print('usage: xft convert {pth_to_hf,merge} ARGS...\n')
+    for verb, (_, _, text) in CONVERT_VERBS.items():
+        print(f'  {verb:12s}{text}')
+    print('\nRun `xft convert pth_to_hf --help` or `xft convert merge --help` for the arguments.')
+
+
+def fail(verb: str, message: str, code: int = 2) -> int:
+    print(f'xft {verb}: {message}' if verb else f'xft: {message}', file=sys.stderr)
+    return code
+
+
+def load_verb(verb: str, module_name: str, function_name: str):
+    """The verb's function, or a UserError saying why it is not available."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        missing = getattr(error, 'name', None) or str(error)
+        raise UserError(f'this command is not available: cannot import {missing!r} ({error})') from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise UserError(f'this command is not available: {module_name} has no {function_name}()')
+    return function
+
+
+def run_verb(verb: str, module_name: str, function_name: str, argv: list) -> int:
+    """Run one verb; user errors and interrupts become one line and an exit code."""
+    try:
+        return int(load_verb(verb, module_name, function_name)(argv) or 0)
+    except UserError as error:
+        from xft.engine.config import user_message
+        return fail(verb, user_message(error))
+    except KeyboardInterrupt:
+        return fail(verb, 'interrupted', 130)
+
+
+def torchrun_command(argv: list, environ=None) -> list:
+    """The torchrun command ``NPROC_PER_NODE=N xft train ARGS`` runs (XTuner's variables).
+
+    >>> torchrun_command(['cfg'], {'NPROC_PER_NODE': '2'})[-5:]
+    ['-m', 'xft.tools.train', 'cfg', '--launcher', 'pytorch']
+    """
+    environ = os.environ if environ is None else environ
+    nproc = environ['NPROC_PER_NODE'].strip()
+    if not nproc.isdigit() or int(nproc) < 1:
+        raise UserError(f'NPROC_PER_NODE must be a positive number of processes, got {nproc!r}')
+    torchrun = shutil.which('torchrun')
+    command = [torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run']
+    command.append(f'--nproc_per_node={nproc}')
+    for name, (flag, default) in TORCHRUN_ENV.items():
+        command.append(f'{flag}={environ.get(name, default)}')
+    return command + ['-m', 'xft.tools.train', *argv, '--launcher', 'pytorch']
 
 
 def launch_torchrun(argv: list) -> int:
-    """``NPROC_PER_NODE=N xft train ...`` starts N processes through torchrun, as XTuner does."""
-    nproc = os.environ['NPROC_PER_NODE']
-    torchrun = shutil.which('torchrun') or None
-    command = [torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run']
-    command += [f'--nproc_per_node={nproc}', f'--nnodes={os.environ.get("NNODES", "1")}',
-                f'--node_rank={os.environ.get("NODE_RANK", "0")}',
-                f'--master_addr={os.environ.get("ADDR", "127.0.0.1")}',
-                f'--master_port={os.environ.get("PORT", "29500")}',
-                '-m', 'xft.tools.train', *argv, '--launcher', 'pytorch']
-    return subprocess.call(command)
+    try:
+        command = torchrun_command(argv)
+    except UserError as error:
+        return fail('train', str(error))
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return fail('train', 'interrupted', 130)
+
+
+def wants_distributed(rest: list) -> bool:
+    if '--launcher' in rest or any(arg in ('-h', '--help') for arg in rest):
+        return False
+    return bool(os.environ.get('NPROC_PER_NODE', '').strip())
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('help', '-h', '--help'):
+    if not argv or argv[0] in ('-h', '--help'):
         print_help()
         return 0
     verb, rest = argv[0], argv[1:]
+    if verb == 'help':
+        if not rest:
+            print_help()
+            return 0
+        return main([*rest[:2], '--help'])  # `xft help convert merge` too
     if verb in ('version', '--version', '-v'):
         from xft import __version__
         print(__version__)
         return 0
-    if verb == 'train' and os.environ.get('NPROC_PER_NODE') and '--launcher' not in rest:
-        return launch_torchrun(rest)
     if verb == 'convert':
-        if not rest or rest[0] not in CONVERT_VERBS:
-            print(f'xft convert: expected one of {", ".join(CONVERT_VERBS)}, e.g. '
-                  '`xft convert pth_to_hf CONFIG PTH OUT`', file=sys.stderr)
-            return 2
-        module_name, function_name = CONVERT_VERBS[rest[0]]
-        return run_verb(module_name, function_name, rest[1:])
+        if not rest or rest[0] in ('-h', '--help'):
+            print_convert_help()
+            return 0 if rest else 2
+        if rest[0] not in CONVERT_VERBS:
+            return fail('convert', f'unknown conversion {rest[0]!r}; expected one of '
+                                   f'{", ".join(CONVERT_VERBS)}, e.g. `xft convert pth_to_hf CONFIG PTH OUT`')
+        module_name, function_name, _ = CONVERT_VERBS[rest[0]]
+        return run_verb(f'convert {rest[0]}', module_name, function_name, rest[1:])
     if verb not in VERBS:
-        print(f'xft: unknown verb {verb!r}; run `xft help` for the list', file=sys.stderr)
-        return 2
+        return fail('', f'unknown verb {verb!r}; run `xft help` for the list')
+    if verb == 'train' and wants_distributed(rest):
+        return launch_torchrun(rest)
     module_name, function_name, _ = VERBS[verb]
-    return run_verb(module_name, function_name, rest)
+    return run_verb(verb, module_name, function_name, rest)
 
 
 if __name__ == '__main__':
