@@ -129,3 +129,17 @@ def test_registered_varlen_attention_falls_back_to_sdpa_for_unpacked_batches(tin
         expected = reference(**packed_attention_kwargs(data, 'sdpa')).loss
         got = varlen(**packed_attention_kwargs(data, name)).loss
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_flex_attention_gets_a_block_mask_of_the_same_pattern():
+    from torch.nn.attention.flex_attention import BlockMask, create_mask
+    from xft.model.packed_attention import document_mask_mod
+    cumulative = [torch.tensor([0, 3, 7, 8], dtype=torch.int32),
+                  torch.tensor([0, 5, 8], dtype=torch.int32)]
+    segments = segment_ids(cumulative, 8)
+    dense = create_mask(document_mask_mod(segments), 2, None, 8, 8, device='cpu')
+    assert torch.equal(dense, block_causal_mask(segments))
+    data = {'input_ids': torch.zeros(2, 8, dtype=torch.long), 'labels': torch.zeros(2, 8),
+            'cumulative_len': cumulative, 'max_seqlen': 5}
+    assert isinstance(packed_attention_kwargs(data, 'flex_attention')['attention_mask'],
+                      BlockMask)

@@ -12,6 +12,7 @@ flash_attention_2/3, any    ``cu_seq_lens_q/k`` + ``max_length_q/k`` (flash-attn
 name containing 'flash'     and no attention_mask; HF's flash path reads them from the kwargs
 ``xft_varlen``              the same arguments, run by torch's ``varlen_attn`` (torch >= 2.10,
                             CUDA); registered by ``register_varlen_attention()``
+flex_attention              a flex-attention BlockMask of the same pattern
 sdpa                        a block-diagonal causal boolean mask (B, 1, L, L)
 eager (and anything else)   the same mask as an additive float mask in ``dtype``
 ==========================  ================================================================
@@ -54,6 +55,9 @@ def packed_attention_kwargs(data, attn_implementation, dtype=torch.float32):
         kwargs['attention_mask'] = None
         return kwargs
     segments = segment_ids(cumulative, data['input_ids'].shape[1]).to(device)
+    if implementation == 'flex_attention':
+        kwargs['attention_mask'] = document_block_mask(segments)
+        return kwargs
     allowed = block_causal_mask(segments)
     if implementation == 'sdpa':
         kwargs['attention_mask'] = allowed
@@ -79,6 +83,26 @@ def block_causal_mask(segments):
     causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
     same_sample = segments.unsqueeze(2) == segments.unsqueeze(1)
     return (same_sample & causal).unsqueeze(1)
+
+
+def document_mask_mod(segments):
+    """flex-attention mask_mod: the pattern of ``block_causal_mask`` as a function."""
+    def same_sample_causal(batch, head, query, key):
+        return (segments[batch, query] == segments[batch, key]) & (query >= key)
+    return same_sample_causal
+
+
+def document_block_mask(segments):
+    """A flex-attention BlockMask of that pattern; fully masked blocks are skipped.
+
+    Checked on the CPU with transformers 5.24 (packed loss equal to SDPA's with the block
+    mask; the first call compiles for about a minute there).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, width = segments.shape
+    return create_block_mask(document_mask_mod(segments), batch, None, width, width,
+                             device=segments.device)
 
 
 def varlen_kwargs(cumulative_len, width):
