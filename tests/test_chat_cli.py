@@ -194,3 +194,29 @@ def test_smollm2_answers_paris_in_4_bits(capsys):
                            '--prompt', 'What is the capital of France?'])
     assert code == 0
     assert 'Paris' in capsys.readouterr().out
+
+
+def test_converted_adapter_is_asked_in_its_training_template_without_naming_it(
+        tmp_path, tiny_llama_dir, capsys, monkeypatch):
+    """pth_to_hf saves the training config; merge copies it; chat reads its prompt_template.
+    Here the training template is vicuna, which the tokenizer's own template is not."""
+    from conftest_convert import make_checkpoint
+
+    from xft.tools.merge import main as merge_main
+    from xft.tools.pth_to_hf import main as pth_to_hf_main
+    config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'lora', template='vicuna')
+    adapter, merged = tmp_path / 'adapter', tmp_path / 'merged'
+    assert pth_to_hf_main([str(config), str(checkpoint), str(adapter)]) == 0
+    assert merge_main([str(tiny_llama_dir), str(adapter), str(merged)]) == 0
+    prompts = []
+    real = chat_tool.ChatSession.answer
+
+    def recording_answer(session, message):
+        prompts.append(session.template)
+        return real(session, message)
+    monkeypatch.setattr(chat_tool.ChatSession, 'answer', recording_answer)
+    for folder_args in ([str(tiny_llama_dir), '--adapter', str(adapter)], [str(merged)]):
+        capsys.readouterr()
+        assert chat_tool.main([*folder_args, '--prompt', 'Hi', *GREEDY]) == 0
+        assert 'using the prompt template of the training config' in capsys.readouterr().err
+    assert [dict(t) for t in prompts] == [dict(PROMPT_TEMPLATE.vicuna)] * 2

@@ -35,6 +35,9 @@ from xft.registry import build_nested
 from xft.utils.errors import ConfigError, UserError
 
 CHECKPOINT_LLM_PREFIX = 'llm.'
+# The training config saved beside every export (and copied by merge): it says how the
+# weights were made, and chat reads its prompt_template from it.
+TRAINING_CONFIG_FILENAME = 'xft_config.py'
 # How peft names the adapter of a freshly wrapped model; checkpoint keys carry it, saved
 # adapter folders do not.
 PEFT_ADAPTER_NAME = 'default'
@@ -230,7 +233,7 @@ def export_full_model(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB
     return Path(save_dir)
 
 
-def save_config_beside(cfg, save_dir, name='xft_config.py'):
+def save_config_beside(cfg, save_dir, name=TRAINING_CONFIG_FILENAME):
     """Write the training config next to the export, so the result says how it was made.
 
     The merged config (with --cfg-options) is dumped; where mmengine cannot dump it (a config
@@ -244,3 +247,25 @@ def save_config_beside(cfg, save_dir, name='xft_config.py'):
             raise
         shutil.copyfile(cfg.filename, target)
     return target
+
+
+def read_training_template(folder):
+    """The ``prompt_template`` (a dict or a dotted name) of the training config saved in
+    ``folder``; None without one.
+
+    Lets ``xft chat`` encode exactly as training did without being told the template name.
+    """
+    config_file = Path(folder) / TRAINING_CONFIG_FILENAME
+    if not config_file.is_file():
+        return None
+    from mmengine.config import Config
+    try:
+        template = Config.fromfile(str(config_file)).get('prompt_template')
+    except Exception as error:  # a dumped config that no longer loads: say so, fall back
+        raise ConfigError(f'{config_file}: cannot read its prompt_template '
+                          f'({type(error).__name__}: {error}); pass --prompt-template') from None
+    # mmengine dumps a template taken from PROMPT_TEMPLATE as its dotted name
+    # ('xft.utils.PROMPT_TEMPLATE.chatml'); resolve_template reads both forms.
+    if not template:
+        return None
+    return dict(template) if isinstance(template, dict) else template

@@ -15,17 +15,20 @@ Three ways to use it::
     $ printf 'Who are you?\\n\\nWhat is the capital of France?\\n' | python tools/chat.py MODEL
     (stdin is not a terminal: blank-line separated turns, one answer per turn, history kept)
 
-Without ``--prompt-template`` the tokenizer's own chat_template is used (``hf_chat_template``);
-a tokenizer saved by ``pth_to_hf`` carries the training template as its chat_template. A
+Without ``--prompt-template`` the template comes from the training config that pth_to_hf saved
+beside the adapter (``xft_config.py``, which merge copies too), so a converted model is asked
+exactly as it was trained; else from the tokenizer's own chat_template (``hf_chat_template``); a
 tokenizer without one gets the messages as plain text (XTuner's behaviour for base models).
 """
 import argparse
+import contextlib
 import logging
 import re
 import sys
 from pathlib import Path
 
 from xft.utils.errors import ConfigError, UserError
+from xft.utils.templates import USE_TOKENIZER_CHAT_TEMPLATE
 
 EXIT_COMMAND = 'EXIT'
 RESET_COMMAND = 'RESET'
@@ -76,9 +79,20 @@ def parse_args(argv):
 
 # --- settings that need no model: checked first, so mistakes fail in a second ----------------
 
-def resolve_chat_template(name):
+def resolve_chat_template(args):
+    """The template to encode with: --prompt-template; else the one the saved training config
+    (``xft_config.py``, written by pth_to_hf, copied by merge) names; else the tokenizer's."""
     from xft.dataset.map_fns.template import resolve_template
-    return resolve_template(name or HF_CHAT_TEMPLATE)
+    from xft.model.export import read_training_template
+    if args.prompt_template:
+        return resolve_template(args.prompt_template)
+    for folder in (args.adapter, args.model):
+        template = read_training_template(folder) if folder else None
+        if template:
+            print(f'using the prompt template of the training config in {folder}',
+                  file=sys.stderr)
+            return resolve_template(template)
+    return resolve_template(HF_CHAT_TEMPLATE)
 
 
 def raw_text_template():
@@ -227,9 +241,10 @@ def run_scripted(session, messages, streaming):
         print('' if streaming else reply, flush=True)
 
 
-def chat(args):
+def prepare_session(args):
+    """Check the settings, load tokenizer and model; a ChatSession ready to answer."""
     check_model_paths(args)  # before the heavy imports: a typo fails at once
-    template = resolve_chat_template(args.prompt_template)
+    template = resolve_chat_template(args)
     system = resolve_system(args)
     quantization_config(args.bits, None)  # fail before loading when bitsandbytes is unusable
     from transformers import set_seed
@@ -239,7 +254,7 @@ def chat(args):
     print(f'loading {args.model}' + (f' + {args.adapter}' if args.adapter else '') +
           (f' in {args.bits} bits' if args.bits else '') + ' ...', file=sys.stderr, flush=True)
     tokenizer = load_tokenizer(args)
-    if args.prompt_template is None and not getattr(tokenizer, 'chat_template', None):
+    if template.get(USE_TOKENIZER_CHAT_TEMPLATE) and not getattr(tokenizer, 'chat_template', None):
         # XTuner's behaviour for a base model: the text goes in as it is. Said out loud, since
         # a fine-tuned model asked without its template answers badly.
         print('no --prompt-template given and the tokenizer has no chat_template: messages '
@@ -249,10 +264,17 @@ def chat(args):
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    stream = None if args.no_streamer else (lambda text: print(text, end='', flush=True))
+    return ChatSession(model, tokenizer, template, system, settings,
+                       stop_words_for(template, tokenizer, args.stop_words), stream)
+
+
+def chat(args):
+    # Libraries imported while loading may print to stdout (DeepSpeed announces its
+    # accelerator there); stdout carries only replies, so scripts can read them.
+    with contextlib.redirect_stdout(sys.stderr):
+        session = prepare_session(args)
     streaming = not args.no_streamer
-    stream = (lambda text: print(text, end='', flush=True)) if streaming else None
-    session = ChatSession(model, tokenizer, template, system, settings,
-                          stop_words_for(template, tokenizer, args.stop_words), stream)
     if args.prompt is not None:
         run_scripted(session, [args.prompt], streaming)
     elif not sys.stdin.isatty():

@@ -11,10 +11,12 @@ Example::
           work_dirs/merged --max-shard-size 2GB
 """
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from xft.model.export import TRAINING_CONFIG_FILENAME
 from xft.utils.errors import UserError
 
 DEVICES = ('cpu', 'cuda', 'auto')
@@ -73,6 +75,9 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     tokenizer = AutoTokenizer.from_pretrained(str(adapter if has_tokenizer else base),
                                               trust_remote_code=trust_remote_code)
     tokenizer.save_pretrained(str(save_dir))
+    training_config = Path(adapter) / TRAINING_CONFIG_FILENAME
+    if training_config.is_file():  # the merged model keeps its provenance and template
+        shutil.copyfile(training_config, Path(save_dir) / TRAINING_CONFIG_FILENAME)
     return Path(save_dir)
 
 
