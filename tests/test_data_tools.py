@@ -93,3 +93,20 @@ def test_list_dataset_format(capsys):
     out = capsys.readouterr().out
     assert 'openai_map_fn' in out and 'messages [{role' in out
     assert 'chatml' in out and 'hf_chat_template' in out
+
+
+def test_cfg_options_override_the_data(tmp_path, tiny_llama_dir, capsys):
+    config = write_config(tmp_path, tiny_llama_dir, ROWS)
+    other = tmp_path / 'other.json'
+    other.write_text(json.dumps(ROWS * 3))
+    assert check_custom_dataset_main([
+        str(config), '--cfg-options',
+        f'train_dataloader.dataset.dataset.data_files.train={other}']) == 0
+    assert '6 rows loaded' in capsys.readouterr().out
+
+
+def test_a_tokenizer_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
+    config = write_config(tmp_path, tmp_path / 'no_model_here', ROWS)
+    assert check_custom_dataset_main([str(config)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('error: cannot build the tokenizer')

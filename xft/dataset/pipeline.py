@@ -155,7 +155,13 @@ def validate_options(tokenizer, max_length, dataset_map_fn=None, template_map_fn
         raise ConfigError(f'max_dataset_length must be a positive integer or None, got '
                           f'{max_dataset_length!r}')
     if isinstance(tokenizer, dict):
-        tokenizer = build_nested(tokenizer)
+        try:
+            tokenizer = build_nested(tokenizer)
+        except (OSError, ValueError) as error:  # not found offline, not a tokenizer folder
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f'cannot build the tokenizer '
+                              f'{tokenizer.get("pretrained_model_name_or_path", "")!r}: '
+                              f'{reason}') from None
     if not callable(tokenizer) or not hasattr(tokenizer, 'eos_token_id'):
         raise ConfigError(f'tokenizer must be a Hugging Face tokenizer, got '
                           f'{type(tokenizer).__name__}')

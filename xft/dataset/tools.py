@@ -25,10 +25,11 @@ def check_custom_dataset_main(argv) -> int:
     parser.add_argument('config')
     parser.add_argument('--max-rows', type=int, default=None,
                         help='check only this many rows (a seeded random subset)')
+    _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
     try:
-        entries = dataset_entries(load_config(args.config))
+        entries = dataset_entries(load_config(args.config, args.cfg_options))
         problems = []
         for number, entry in enumerate(entries):
             if len(entries) > 1:
@@ -102,11 +103,12 @@ def log_dataset_main(argv) -> int:
     parser.add_argument('--count', type=int, default=1, help='how many rows to print')
     parser.add_argument('--max-rows', type=int, default=None,
                         help='process only this many rows (a seeded random subset)')
+    _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
     try:
         from .pipeline import run_pipeline
-        for entry in dataset_entries(load_config(args.config)):
+        for entry in dataset_entries(load_config(args.config, args.cfg_options)):
             dataset, options = pipeline_inputs(entry, args.max_rows)
             data, stats = run_pipeline(dataset, options)
             print(f'counts: {stats.summary()}')
@@ -185,15 +187,25 @@ def _quiet_progress_bars():
     datasets.disable_progress_bars()
 
 
-def load_config(path):
+def _add_cfg_options(parser):
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, default=None,
+        help='override config entries, e.g. train_dataloader.dataset.dataset.path=/data/x.json')
+
+
+def load_config(path, cfg_options=None):
     from mmengine.config import Config
     try:
-        return Config.fromfile(path)
+        cfg = Config.fromfile(path)
     except FileNotFoundError:
         raise ConfigError(f'{path}: no such config file') from None
     except Exception as error:  # a config is Python: any error in it is the user's
         raise ConfigError(f'{path}: cannot load the config ({type(error).__name__}: '
                           f'{error})') from None
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
 
 
 def dataset_entries(cfg):
