@@ -150,3 +150,13 @@ def test_hf_chat_template_without_generation_prompt_is_refused(tiny_tokenizer):
     conversation = normalize_conversation(CONVERSATION, 'test', allow_empty=False)
     with pytest.raises(ConfigError, match='ignores add_generation_prompt'):
         encode_with_chat_template(conversation, tokenizer, 4096)
+
+
+def test_hf_chat_template_prompt_only_ends_with_the_generation_prompt(tiny_tokenizer):
+    tokenizer = tiny_chatml_tokenizer(tiny_tokenizer)
+    conversation = normalize_conversation(CONVERSATION, 'test', allow_empty=False)
+    sample = encode_with_chat_template(conversation, tokenizer, 4096, input_ids_with_output=False)
+    assert tokenizer.decode(sample['input_ids']) == (
+        '<s><|im_start|>system\nYou are a poet.<|im_end|>\n<|im_start|>user\nWho are you?'
+        '<|im_end|>\n<|im_start|>assistant\n')
+    assert sample['num_trained_tokens'] == 0

@@ -135,8 +135,8 @@ def encode_with_chat_template(conversation, tokenizer, max_length, input_ids_wit
                           '(character offsets)')
     messages = conversation_to_messages(conversation)
     if not input_ids_with_output:
-        messages = [m for m in messages if m['role'] != 'assistant'][:2]
-        text = _render(tokenizer, messages, add_generation_prompt=True)
+        first_reply = next(i for i, m in enumerate(messages) if m['role'] == 'assistant')
+        text = _render(tokenizer, messages[:first_reply], add_generation_prompt=True)
         input_ids = _encode_text(tokenizer, text)[0]
         return _finish(input_ids, [IGNORE_INDEX] * len(input_ids), max_length)
     _check_generation_prompt(tokenizer, messages)
