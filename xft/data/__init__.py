@@ -29,4 +29,14 @@ def data_file(name):
     return path
 
 
-__all__ = ['DATA_DIR', 'GENERAL_REPLAY_FILE', 'SELF_COGNITION_FILE', 'data_file']
+def demo_data_files():
+    """The self-cognition demo's training files, as strings a config can hold.
+
+    >>> [Path(p).name for p in demo_data_files()]
+    ['self_cognition_lumi.json', 'general_replay_smollm2.json']
+    """
+    return [str(data_file(name)) for name in (SELF_COGNITION_FILE, GENERAL_REPLAY_FILE)]
+
+
+__all__ = ['DATA_DIR', 'GENERAL_REPLAY_FILE', 'SELF_COGNITION_FILE', 'data_file',
+           'demo_data_files']
