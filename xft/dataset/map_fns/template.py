@@ -59,11 +59,12 @@ def template_map_fn(example, template):
     sep = template.get('SEP', '') or ''
     turns = []
     for position, turn in enumerate(example['conversation']):
-        text = _format(instruction, input=turn['input'], round=position + 1)
-        if turn['system']:
+        # .get: callers outside the pipeline may pass turns that are not normalized yet.
+        text = _format(instruction, input=turn.get('input') or '', round=position + 1)
+        if turn.get('system'):
             text = _format(system_format, system=turn['system']) + text
-        output = turn['output'] + suffix if turn['output'] else ''
-        need_eos = turn['need_eos_token']
+        output = turn['output'] + suffix if turn.get('output') else ''
+        need_eos = turn.get('need_eos_token')
         turns.append(dict(turn, input=text, output=output,
                           need_eos_token=eos_after_output if need_eos is None else need_eos,
                           sep=sep))
