@@ -68,6 +68,7 @@ def plot_scalars(rows, out_path, keys=DEFAULT_KEYS, title=None) -> Path:
     import matplotlib
     matplotlib.use('Agg')  # no display on training machines
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(key, *series(rows, key)) for key in keys]
     panels = [panel for panel in panels if panel[1]]
@@ -76,12 +77,15 @@ def plot_scalars(rows, out_path, keys=DEFAULT_KEYS, title=None) -> Path:
     figure, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True,
                                 squeeze=False)
     for axis, (key, iterations, values) in zip(axes[:, 0], panels):
-        axis.plot(iterations, values, linewidth=1.2)
+        # Dots too when there are few points, so a short run still shows where they are.
+        axis.plot(iterations, values, linewidth=1.2, marker='o' if len(values) <= 50 else None,
+                  markersize=3)
         axis.set_ylabel(key)
         axis.grid(True, alpha=0.3)
         if key == 'lr':
             axis.ticklabel_format(axis='y', style='sci', scilimits=(-3, 3))
     axes[-1, 0].set_xlabel('iteration')
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         axes[0, 0].set_title(title)
     figure.tight_layout()
