@@ -4,3 +4,4 @@ from .plot_hook import LossCurveHook, TensorboardBackend  # noqa: E402,F401
 from .checkpoint_hook import SafeCheckpointHook  # noqa: E402,F401
 from .exact_resume_hook import ExactResumeHook  # noqa: E402,F401
 from .preemption_hook import PreemptionHook  # noqa: E402,F401
+from .throughput_hook import ThroughputHook  # noqa: E402,F401
