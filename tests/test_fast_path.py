@@ -133,3 +133,18 @@ def test_chunked_loss_sum_over_num_items_in_batch():
     mean, n = linear_cross_entropy(hidden, weight, labels)
     total, _ = linear_cross_entropy(hidden, weight, labels, num_items_in_batch=10)
     torch.testing.assert_close(total, mean * n / 10)
+
+
+def test_packed_rows_with_the_block_mask_match_the_plain_path(tiny_llama_dir):
+    from xft.model.packed_attention import packed_attention_kwargs
+    plain, fast = lora_llama(tiny_llama_dir), lora_llama(tiny_llama_dir)
+    apply_fast_path(fast)
+    ids, labels = batch(fast.config.vocab_size)
+    data = {'input_ids': ids, 'labels': labels, 'attention_mask': torch.ones_like(ids),
+            'position_ids': torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]] * 2),
+            'cumulative_len': [torch.tensor([0, 5, 12])] * 2, 'max_seqlen': 7}
+    kwargs = packed_attention_kwargs(data, fast.config._attn_implementation)
+    ref = plain(**kwargs).loss
+    kwargs = packed_attention_kwargs(data, fast.config._attn_implementation)
+    loss, _ = causal_lm_loss(fast, kwargs.pop('input_ids'), kwargs.pop('labels'), **kwargs)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
