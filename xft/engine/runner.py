@@ -1,5 +1,6 @@
 """The training loop configs name as ``train_cfg = dict(type=TrainLoop, max_epochs=...)``."""
 import collections
+import logging
 
 import torch
 from mmengine.logging import print_log
@@ -179,7 +180,7 @@ class TrainLoop(IterBasedTrainLoop):
         if guard.skipped_windows != skipped:
             print_log(f'{self._describe_nonfinite(guard.last_value, data_batch)}; '
                       'skipping its accumulation window (train_cfg.nonfinite_loss="skip")',
-                      logger='current', level='WARNING')
+                      logger='current', level=logging.WARNING)
         self.runner.call_hook('after_train_iter', batch_idx=self._iter, data_batch=data_batch, outputs=outputs)
         self._iter += 1
 

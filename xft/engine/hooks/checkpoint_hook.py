@@ -54,7 +54,7 @@ class SafeCheckpointHook(CheckpointHook):
         filename = self.filename_tmpl.format(step)
         final = self.file_backend.join_path(self.out_dir, filename)
         partial = partial_path(final)
-        previous = self.last_ckpt or runner.message_hub.get_info('last_ckpt')
+        previous = _published_checkpoint(runner.work_dir) or self.last_ckpt
 
         # The list of kept steps and the checkpoint's own path go into its message hub, so that
         # a resumed run knows which files to rotate out; the files themselves go only after.
@@ -118,6 +118,12 @@ class SafeCheckpointHook(CheckpointHook):
         self.keep_ckpt_ids.append(step)
         runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
         return outdated
+
+
+def _published_checkpoint(work_dir):
+    """What ``last_checkpoint`` names: the checkpoint ``--resume auto`` would take now."""
+    record = Path(work_dir) / 'last_checkpoint'
+    return record.read_text().strip() or None if record.is_file() else None
 
 
 def _strategy_saves_on_every_rank(runner) -> bool:
