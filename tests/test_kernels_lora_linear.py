@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from xft.model.kernels import FusedLoRALinear, restore_modules, swap_modules
+from xft.model.kernels import FusedLoRALinear, lora_linear, restore_modules, swap_modules
 
 
 class TwoLinear(nn.Module):
@@ -60,9 +60,31 @@ def test_matches_peft_forward_and_backward():
     assert not any(isinstance(m, FusedLoRALinear) for m in fused.modules())
 
 
-def test_refuses_dropout_and_merged_layers():
-    model = peft_model(dropout=0.1)
-    assert swap_modules(model, lora_layer_types(), FusedLoRALinear.from_module) == []
+def test_dropout_layers_match_peft_in_eval_and_have_exact_grads_in_training():
+    ref, fused = peft_model(dropout=0.3), peft_model(dropout=0.3)
+    assert len(swap_modules(fused, lora_layer_types(), FusedLoRALinear.from_module)) == 2
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(fused.eval()(x), ref.eval()(x))  # no dropout in eval
+    fused.train()
+    layer = fused.base_model.model.q
+    train_out = layer(x)
+    assert not torch.allclose(train_out, layer.eval()(x))  # training drops adapter inputs
+    layer.train()
+    base = nn.Linear(6, 4).double()
+    for p in base.parameters():
+        p.requires_grad_(False)
+
+    def seeded(inp, a, b):  # the same mask on every call, as recomputation replays it
+        torch.manual_seed(0)
+        return lora_linear(inp, a, b, base, 0.7, 0.4)
+
+    inputs = (torch.randn(5, 6, dtype=torch.float64, requires_grad=True),
+              torch.randn(3, 6, dtype=torch.float64, requires_grad=True),
+              torch.randn(4, 3, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(seeded, inputs)
+
+
+def test_refuses_merged_layers():
     model = peft_model()
     model.base_model.model.q.merge()
     replaced = swap_modules(model, lora_layer_types(), FusedLoRALinear.from_module)

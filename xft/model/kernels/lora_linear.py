@@ -4,7 +4,8 @@ peft's LoRA layer runs the frozen base layer, then casts `x` to the adapter's fp
 full copy of the activations), applies dropout, two matmuls, a scale and an add, and autograd
 keeps the fp32 copy for backward. Here the adapter runs in the activation dtype, the scale
 folds into the matmul, backward computes only what is needed (no grad for the frozen W), and
-the saved tensors are `x` (already kept by the caller) and the tiny `x A^T`. For a
+the saved tensors are `x` (already kept by the caller) and the tiny `x A^T` (with adapter
+dropout, the dropped input and its mask instead of `x`). For a
 bitsandbytes 4-bit base the weight is dequantized on the fly in forward and again in
 backward, as bitsandbytes itself does.
 
@@ -84,7 +85,7 @@ dequantize_4bit = _DirectDequantize()
 class _LoRALinearFn(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, base, scaling):
+    def forward(ctx, x, lora_a, lora_b, base, scaling, dropout_p):
         # Under autocast compute in its dtype, as a plain linear would; autocast itself is
         # switched off inside so the in-place matmul-add sees one dtype.
         device_type = x.device.type
@@ -96,37 +97,49 @@ class _LoRALinearFn(torch.autograd.Function):
             out = F.linear(x2, dense_weight(base, dtype), bias)
             a = lora_a.to(dtype)
             b = lora_b.to(dtype)
-            xa = x2 @ a.t()
+            keep = None
+            x_adapter = x2
+            if dropout_p > 0:
+                # Dropout on the adapter's input only, as peft does; the mask (one byte per
+                # element) is kept for the input grad. Recomputation replays the RNG.
+                keep = torch.rand(x2.shape, device=x2.device) >= dropout_p
+                x_adapter = x2 * keep / (1 - dropout_p)
+            xa = x_adapter @ a.t()
             out.addmm_(xa, b.t(), alpha=scaling)
         # Keep the adapter in the compute dtype (a few MB) so backward needs no second cast.
-        ctx.save_for_backward(x2, xa, a, b)
+        # The frozen base needs no input for its backward; only the adapter's input is kept.
+        ctx.save_for_backward(x_adapter, xa, a, b, keep)
         ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.base = base
         ctx.scaling = scaling
+        ctx.dropout_p = dropout_p
         ctx.x_dtype = x.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        x2, xa, a, b = ctx.saved_tensors
-        dtype = x2.dtype
+        x_adapter, xa, a, b, keep = ctx.saved_tensors
+        dtype = x_adapter.dtype
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         dyb = dy2 @ b  # tokens x r
         dx = da = db = None
         if ctx.needs_input_grad[0]:
             dx = dy2 @ dense_weight(ctx.base, dtype)
-            dx.addmm_(dyb, a, alpha=ctx.scaling)
-            dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
+            if keep is None:
+                dx.addmm_(dyb, a, alpha=ctx.scaling)
+            else:
+                dx.add_((dyb @ a) * keep, alpha=ctx.scaling / (1 - ctx.dropout_p))
+            dx = dx.view(*dy.shape[:-1], x_adapter.shape[-1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            da = (dyb.t() @ x2).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+            da = (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
         if ctx.needs_input_grad[2]:
             db = (dy2.t() @ xa).to(ctx.param_dtypes[1]).mul_(ctx.scaling)
-        return dx, da, db, None, None
+        return dx, da, db, None, None, None
 
 
 def lora_linear(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, base: nn.Module,
-                scaling: float) -> torch.Tensor:
-    """`base(x) + scaling * x @ lora_a.T @ lora_b.T`, computed in `x.dtype`.
+                scaling: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """`base(x) + scaling * dropout(x) @ lora_a.T @ lora_b.T`, computed in `x.dtype`.
 
     >>> base = nn.Linear(4, 3, bias=False)
     >>> a, b = torch.randn(2, 4), torch.randn(3, 2)
@@ -134,11 +147,16 @@ def lora_linear(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, bas
     >>> torch.allclose(lora_linear(x, a, b, base, 0.5), base(x) + 0.5 * x @ a.T @ b.T, atol=1e-5)
     True
     """
-    return _LoRALinearFn.apply(x, lora_a, lora_b, base, scaling)
+    return _LoRALinearFn.apply(x, lora_a, lora_b, base, scaling, dropout_p)
 
 
-def _is_identity_dropout(module: nn.Module) -> bool:
-    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
+def _dropout_p(module: nn.Module) -> Optional[float]:
+    """The drop probability of peft's adapter dropout (0 for Identity); None if unknown."""
+    if isinstance(module, nn.Identity):
+        return 0.0
+    if type(module) is nn.Dropout and 0 <= module.p < 1:
+        return float(module.p)
+    return None
 
 
 class FusedLoRALinear(nn.Module):
@@ -147,7 +165,8 @@ class FusedLoRALinear(nn.Module):
     It holds the original's `base_layer`, `lora_A`, `lora_B` and `lora_dropout` containers,
     so its state dict keys equal peft's and a checkpoint of it loads into a peft model.
     `from_module` returns None for layers it can't compute exactly: several or no active
-    adapters, merged weights, DoRA, LoRA bias, dropout > 0, a trainable base weight.
+    adapters, merged weights, DoRA, LoRA bias, a trainable base weight, another dropout module.
+    Adapter dropout draws its own mask (same distribution as peft's, not the same bits).
     """
 
     def __init__(self, peft_layer: nn.Module, adapter: str):
@@ -178,7 +197,7 @@ class FusedLoRALinear(nn.Module):
             return None
         if layer.lora_B[name].bias is not None or layer.lora_A[name].bias is not None:
             return None
-        if not _is_identity_dropout(layer.lora_dropout[name]):
+        if _dropout_p(layer.lora_dropout[name]) is None:
             return None
         if bnb is not None and isinstance(base, bnb.nn.Linear4bit) and getattr(
                 base.weight.quant_state, 'packing_format_for_cpu', False):
@@ -186,8 +205,10 @@ class FusedLoRALinear(nn.Module):
         return cls(layer, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dropout = self.lora_dropout[self.adapter]
+        p = _dropout_p(dropout) if dropout.training else 0.0
         return lora_linear(x, self.lora_A[self.adapter].weight, self.lora_B[self.adapter].weight,
-                           self.base_layer, self.scaling)
+                           self.base_layer, self.scaling, p)
 
     def extra_repr(self) -> str:
         return f'{self.in_features}->{self.out_features}, scaling={self.scaling}'
