@@ -333,10 +333,10 @@ def summarize(records, md_path: Path) -> str:
         base = by_key.get(('baseline', setting))
         uns = by_key.get(('unsloth', setting))
         for r in sorted((r for r in timed if r['setting'] == setting), key=lambda r: r['system']):
-            vb = f'{r["tokens_per_s"] / base["tokens_per_s"]:.2f}x' if base else '—'
-            vu = f'{r["tokens_per_s"] / uns["tokens_per_s"]:.2f}x' if uns else '—'
-            r['vs_baseline'] = vb
-            r['vs_unsloth'] = vu
+            r['vs_baseline'] = round(r['tokens_per_s'] / base['tokens_per_s'], 3) if base else None
+            r['vs_unsloth'] = round(r['tokens_per_s'] / uns['tokens_per_s'], 3) if uns else None
+            vb = f'{r["vs_baseline"]:.2f}x' if base else '—'
+            vu = f'{r["vs_unsloth"]:.2f}x' if uns else '—'
             lines.append(f'| {setting} | {r["system"]} | {r["tokens_per_s"]:,.0f} | '
                          f'{r["peak_gib"]:.2f} | {vb} | {vu} | {r["first_loss"]}→{r["last_loss"]} |')
     lines += ['', '## Longest single QLoRA step', '',
@@ -347,6 +347,9 @@ def summarize(records, md_path: Path) -> str:
                          f'{r.get("step_s", r.get("predicted_s", ""))} | {r.get("peak_gib", "")} |')
     text = '\n'.join(lines) + '\n'
     md_path.write_text(text)
+    # The timed lines again, each with its ratios to the baseline and to unsloth.
+    md_path.with_name(md_path.stem + '_ratios.jsonl').write_text(
+        ''.join(json.dumps(r) + '\n' for r in timed))
     return text
 
 
