@@ -88,13 +88,14 @@ def same_grads(left, right):
                for k in left)
 
 
+@pytest.mark.parametrize('use_fast_path', [True, False])
 @pytest.mark.parametrize('compute_dtype', ['torch.float32', 'torch.bfloat16'])
-def test_4bit_eval_generate_then_train_gives_the_same_lora_grads(tiny_llama_dir, compute_dtype):
+def test_4bit_eval_generate_then_train_gives_the_same_lora_grads(tiny_llama_dir, compute_dtype, use_fast_path):
     def build():
         torch.manual_seed(0)
         cfg = llm_cfg(tiny_llama_dir, 4)
         cfg['quantization_config']['bnb_4bit_compute_dtype'] = compute_dtype
-        return SupervisedFinetune(llm=cfg, lora=dict(LORA, init_lora_weights=False))
+        return SupervisedFinetune(llm=cfg, lora=dict(LORA, init_lora_weights=False), use_fast_path=use_fast_path)
     reference = lora_grads_after(build(), generate_first=False)
     assert same_grads(lora_grads_after(build(), generate_first=True), reference)
 
@@ -102,7 +103,8 @@ def test_4bit_eval_generate_then_train_gives_the_same_lora_grads(tiny_llama_dir,
 def test_the_4bit_cpu_trap_is_real_without_the_guard(tiny_llama_dir):
     """Control for the test above: with bitsandbytes' CPU repacking allowed again, the
     grads after a generate() are wrong or missing (on CPUs with AVX512-BF16, as the
-    development and CI machines have)."""
+    development and CI machines have). The trap lives in bitsandbytes' own Linear4bit
+    forward, which the plain path (and chat) runs."""
     import bitsandbytes as bnb
     from bitsandbytes.nn.modules import has_avx512bf16
     if not has_avx512bf16():
@@ -112,7 +114,7 @@ def test_the_4bit_cpu_trap_is_real_without_the_guard(tiny_llama_dir):
         torch.manual_seed(0)
         cfg = llm_cfg(tiny_llama_dir, 4)
         cfg['quantization_config']['bnb_4bit_compute_dtype'] = 'torch.bfloat16'
-        model = SupervisedFinetune(llm=cfg, lora=dict(LORA, init_lora_weights=False))
+        model = SupervisedFinetune(llm=cfg, lora=dict(LORA, init_lora_weights=False), use_fast_path=False)
         layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
         for layer in layers:
             layer.support_avx512bf16_for_cpu = not guarded

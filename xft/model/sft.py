@@ -1,6 +1,7 @@
 """SupervisedFinetune: an HF causal LM (+ LoRA, + 4/8-bit) as an mmengine model."""
 from collections import OrderedDict
 
+import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import nn
@@ -8,6 +9,7 @@ from torch import nn
 from xft.registry import build_nested
 from xft.utils.errors import ConfigError
 
+from .fast_path import apply_fast_path, causal_lm_loss
 from .lora import attach_lora
 from .packed_attention import packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
@@ -39,12 +41,16 @@ class SupervisedFinetune(BaseModel):
         lora: a ``LoraConfig`` dict; ``None`` trains every weight (full fine-tuning).
             Target modules default to every linear layer except the output head.
         use_activation_checkpointing: recompute activations in the backward pass to save memory.
-        use_varlen_attn: packed rows carry per-sample boundaries that attention must respect.
+        use_varlen_attn: XTuner's switch for variable-length attention. Packed rows get
+            boundary-respecting attention whatever its value (see ``forward_kwargs``).
+        use_fast_path: fused LoRA/RMSNorm/SwiGLU/RoPE modules, per-layer checkpointing and a
+            chunked loss that never forms the full fp32 logits (``xft.model.fast_path``).
+            The loss and gradients equal the plain path's to float tolerance.
     """
 
     def __init__(self, llm, lora=None, peft_model=None, use_activation_checkpointing=True,
                  use_varlen_attn=False, tokenizer=None, max_position_embeddings=None,
-                 data_preprocessor=None, init_cfg=None):
+                 use_fast_path=True, data_preprocessor=None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if peft_model is not None:
             raise ConfigError('model.peft_model: loading a saved adapter to continue training is not supported; '
@@ -57,13 +63,20 @@ class SupervisedFinetune(BaseModel):
         if lora is not None:
             freeze_base(llm)
         keep_4bit_weights_trainable_on_cpu(llm)
-        if use_activation_checkpointing:
-            # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
+        if use_activation_checkpointing and not use_fast_path:
             enable_activation_checkpointing(llm)
         # The KV cache is useless in training and costs memory; generation turns it on per call.
         llm.config.use_cache = False
         self.llm = attach_lora(llm, lora) if lora is not None else llm
         self.use_varlen_attn = use_varlen_attn
+        self.fast_path = None
+        if use_fast_path:
+            # On a GPU the layer inputs kept for recomputation wait in pinned host memory,
+            # which is what lets a 256k-token QLoRA step fit (benchmarks/results/gpu_*).
+            self.fast_path = apply_fast_path(
+                self.llm, gradient_checkpointing=use_activation_checkpointing,
+                offload_checkpoints=torch.cuda.is_available(), offload_max_host_gib=32)
+            print_log(self.fast_path.summary(), logger='current')
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_weights)
         print_log(f'SupervisedFinetune: {"QLoRA" if quantized else "LoRA" if lora is not None else "full"} '
                   f'fine-tuning, {self.num_trainable_parameters():,} trainable parameters', logger='current')
@@ -106,8 +119,11 @@ class SupervisedFinetune(BaseModel):
 
     def compute_loss(self, data) -> dict:
         """Mean cross-entropy over the tokens whose label is not IGNORE_INDEX."""
-        outputs = self.llm(**self.forward_kwargs(data))
-        return {'loss': outputs.loss}
+        kwargs = self.forward_kwargs(data)
+        if self.fast_path is None:
+            return {'loss': self.llm(**kwargs).loss}
+        loss, _ = causal_lm_loss(self.llm, kwargs.pop('input_ids'), kwargs.pop('labels'), **kwargs)
+        return {'loss': loss}
 
     def gradient_checkpointing_active(self) -> bool:
         return activation_checkpointing_active(self.llm)
