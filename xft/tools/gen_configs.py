@@ -81,7 +81,7 @@ DATASETS = {d.key: d for d in [
             'one turn for single-turn data, several for multi-turn.',
             'None', 'None: the rows already hold a conversation list; no mapping needed.', 1,
             "''", 'put your system prompt here if your data uses one.'),
-    Dataset('custom_pretrain', 'your own plain text (incremental pre-training)',
+    Dataset('custom_pretrain', 'your own plain text',
             '/path/to/your/corpus.txt',
             'Your .txt file (one document per line), a .jsonl/.json of {"text": ...} rows, '
             'or a folder of them.',

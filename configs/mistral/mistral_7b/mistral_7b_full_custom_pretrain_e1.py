@@ -1,5 +1,5 @@
 # Mistral-7B-v0.1 (base), incremental pre-training (full fine-tuning on plain text),
-# on your own plain text (incremental pre-training), 1 epoch.
+# on your own plain text, 1 epoch.
 #
 #   xft train mistral_7b_full_custom_pretrain_e1
 # on 8 GPUs of one machine:

@@ -1,5 +1,5 @@
 # SmolLM2-135M-Instruct, incremental pre-training (full fine-tuning on plain text),
-# on your own plain text (incremental pre-training), 1 epoch.
+# on your own plain text, 1 epoch.
 #
 #   xft train smollm2_135m_instruct_full_custom_pretrain_e1
 # on 8 GPUs of one machine:
