@@ -68,6 +68,14 @@ def test_zoo_covers_the_families_methods_and_data_formats():
     assert 'llama2_7b_chat_qlora_alpaca_e3' in names and 'qwen1_5_7b_chat_lora_oasst1_e3' in names
 
 
+def test_each_header_runs_and_copies_the_config_it_sits_in():
+    for path in zoo_files():
+        header = path.read_text().split('\n\n')[0]
+        assert f'#   xft train {path.stem}\n' in header, path.stem
+        assert f'#   NPROC_PER_NODE=8 xft train {path.stem}\n' in header, path.stem
+        assert f'#   xft copy-cfg {path.stem} .\n' in header, path.stem
+
+
 def test_config_names_are_unique_so_bare_names_resolve():
     stems = [p.stem for p in CONFIGS.rglob('*.py')]
     assert len(stems) == len(set(stems))

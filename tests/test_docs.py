@@ -55,11 +55,13 @@ def guide_steps(text):
 
 
 def test_every_guide_has_steps_and_links_that_resolve():
-    for name in GUIDES:
+    for name in GUIDES + ['README.md']:
         path = DOCS / name
         text = path.read_text()
         for link in re.findall(r'\]\(([\w./-]+\.md)\)', text):
             assert (path.parent / link).is_file(), f'{name}: broken link {link}'
+    assert set(re.findall(r'\]\(([\w_]+\.md)\)', (DOCS / 'README.md').read_text())) == set(GUIDES) | {
+        'convert_and_chat.md'}, 'docs/README.md lists every guide'
     for name in GUIDES:
         assert any(kind == 'bash' for kind, *_ in guide_steps((DOCS / name).read_text())), name
 
