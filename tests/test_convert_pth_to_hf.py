@@ -1,9 +1,10 @@
 """pth_to_hf: LoRA, QLoRA and full checkpoints become folders the HF world loads."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest_convert import SAMPLE_TEXT, make_checkpoint
+from conftest_convert import SAMPLE_TEXT, make_checkpoint, write_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
@@ -179,3 +180,40 @@ def test_runner_checkpoint_converts_merges_and_chats_like_the_trained_model(
             == generate_reply(model.llm, tokenizer, prompt, settings, stop))
     ids = torch.tensor([prompt])
     torch.testing.assert_close(_logits(merged, ids), _logits(model.llm, ids), rtol=0, atol=1e-4)
+
+
+DEEPSPEED_FIXTURE = Path(__file__).parent / 'fixtures' / 'convert_deepspeed_zero2'
+
+
+def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
+        tmp_path, tiny_llama_dir, capsys):
+    """A folder that mmengine's DeepSpeed strategy saved (see the fixture's make_checkpoint.py):
+    the adapter holds exactly the trained float32 LoRA weights."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    out = tmp_path / 'adapter'
+    code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(out)])
+    if importlib.util.find_spec('deepspeed') is None:
+        # Without deepspeed installed: one line saying what to install.
+        assert code == 1 and 'needs deepspeed' in capsys.readouterr().err
+        return
+    assert code == 0
+    trained = torch.load(DEEPSPEED_FIXTURE / 'trained_lora_weights.pt')
+    saved = load_file(str(out / 'adapter_model.safetensors'))
+    # peft's saved names drop the adapter name ('.default') and SupervisedFinetune's 'llm.'.
+    expected = {k.replace('.default', '')[len('llm.'):]: v for k, v in trained.items()}
+    assert set(saved) == set(expected) and len(saved) == 28
+    for key, value in expected.items():
+        assert torch.equal(saved[key], value), key
+
+
+def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    (tmp_path / 'iter_1.pth').mkdir()
+    capsys.readouterr()
+    code = pth_to_hf_main([str(config), str(tmp_path / 'iter_1.pth'), str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert 'DeepSpeed' in err[0] or 'deepspeed' in err[0]

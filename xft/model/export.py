@@ -77,9 +77,32 @@ def _load_mapped(path):
         return load_checkpoint_file(path)
 
 
+def read_deepspeed_state_dict(folder):
+    """The float32 trained weights of a DeepSpeed checkpoint folder.
+
+    mmengine's FlexibleRunner with DeepSpeed (``xft train CONFIG --deepspeed ...``) saves
+    ``work_dir/iter_N.pth/`` as a folder (``mp_rank_00_model_states.pt`` plus the ZeRO optimizer
+    partitions). DeepSpeed's own ``zero_to_fp32`` consolidates the float32 master weights from
+    the partitions, for ZeRO 1, 2 and 3 alike.
+    """
+    folder = Path(folder)
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError:
+        raise UserError(f'{folder}: a DeepSpeed checkpoint folder; reading it needs deepspeed '
+                        '(pip install deepspeed)') from None
+    if not any(folder.glob('*model_states.pt')):
+        raise UserError(f'{folder}: a folder without DeepSpeed model states '
+                        '(*model_states.pt); expected an iter_N.pth file or DeepSpeed folder')
+    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name,
+                                                    exclude_frozen_parameters=True)
+
+
 def read_checkpoint_state_dict(pth_path):
-    """The model state dict of an mmengine checkpoint file, memory-mapped where possible."""
+    """The model state dict of an mmengine checkpoint file or DeepSpeed checkpoint folder."""
     path = Path(pth_path)
+    if path.is_dir():
+        return read_deepspeed_state_dict(path)
     if not path.is_file():
         raise UserError(f'{pth_path}: checkpoint file not found')
     checkpoint = _load_mapped(path)
