@@ -13,6 +13,7 @@ The base model is never loaded: its architecture is built on the meta device fro
 ``config.json`` (no memory, no GPU, also for QLoRA: quantization changes the module classes,
 never the module names, so the adapter's keys and target modules are the same). Checkpoint
 tensors are then *assigned* into the meta model, so each weight lives in memory once.
+A DeepSpeed checkpoint folder (``iter_N.pth/``) is read through DeepSpeed's ``zero_to_fp32``.
 
 Example::
 
@@ -38,9 +39,6 @@ CHECKPOINT_LLM_PREFIX = 'llm.'
 # The training config saved beside every export (and copied by merge): it says how the
 # weights were made, and chat reads its prompt_template from it.
 TRAINING_CONFIG_FILENAME = 'xft_config.py'
-# How peft names the adapter of a freshly wrapped model; checkpoint keys carry it, saved
-# adapter folders do not.
-PEFT_ADAPTER_NAME = 'default'
 LORA_KEY_MARKERS = ('.lora_A.', '.lora_B.', '.lora_embedding_A.', '.lora_magnitude_vector.')
 # XTuner's pth_to_hf saved fp16 unless --fp32; a config that names its dtype wins over that.
 DEFAULT_EXPORT_DTYPE = torch.float16
@@ -284,7 +282,7 @@ def read_training_template(folder):
     from mmengine.config import Config
     try:
         template = Config.fromfile(str(config_file)).get('prompt_template')
-    except Exception as error:  # a dumped config that no longer loads: say so, fall back
+    except Exception as error:  # a dumped config that no longer loads: say which, in one line
         raise ConfigError(f'{config_file}: cannot read its prompt_template '
                           f'({type(error).__name__}: {error}); pass --prompt-template') from None
     # mmengine dumps a template taken from PROMPT_TEMPLATE as its dotted name
