@@ -66,13 +66,15 @@ def test_generating_leaves_4bit_lora_training_intact(tmp_path, tiny_tokenizer, q
             module.support_avx512bf16_for_cpu = True
     llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
     model.train()
+    llm.model.model.norm.eval()  # a part kept in eval mode on purpose stays so
     checkpointing_before = model.gradient_checkpointing_active()
     assert checkpointing_before and llm.config.use_cache is False
 
     hook = make_hook(tiny_tokenizer)
     hook.before_train(fake_runner(model, tmp_path))
 
-    assert model.training and llm.training
+    assert model.training and llm.training and not llm.model.model.norm.training
+    assert all(m.training for n, m in llm.named_modules() if not n.endswith('model.norm'))
     assert llm.config.use_cache is False
     assert model.gradient_checkpointing_active() == checkpointing_before
     batch = default_collate_fn(encoded_samples(tiny_tokenizer)[:2],

@@ -147,7 +147,8 @@ class _generation_state:
 
     def __enter__(self):
         config = self.llm.config
-        self.was_training = self.llm.training
+        # Each module's own mode: a model may keep some parts in eval mode while it trains.
+        self.modes = [(module, module.training) for module in self.llm.modules()]
         self.use_cache = getattr(config, 'use_cache', None)
         keep_4bit_weights_trainable_on_cpu(self.llm)
         self.llm.eval()
@@ -156,5 +157,6 @@ class _generation_state:
 
     def __exit__(self, *exc):
         self.llm.config.use_cache = self.use_cache
-        self.llm.train(self.was_training)
+        for module, training in self.modes:
+            module.training = training
         return False
