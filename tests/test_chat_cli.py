@@ -186,6 +186,13 @@ def test_bits_4_loads_nf4_and_answers_like_training(tiny_llama_dir, capsys):
     assert not any(getattr(m, 'support_avx512bf16_for_cpu', False) for m in layers)
 
 
+def test_bits_8_loads_int8_layers(tiny_llama_dir):
+    import bitsandbytes as bnb
+    args = chat_tool.parse_args([str(tiny_llama_dir), '--bits', '8'])
+    model = chat_tool.load_model(args)
+    assert len([m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]) == 14
+
+
 @pytest.mark.slow
 def test_smollm2_answers_paris_in_4_bits(capsys):
     from xft.tools.prepare_demo_model import prepare_demo_model
