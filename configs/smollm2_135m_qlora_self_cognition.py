@@ -30,43 +30,44 @@ from xft.utils import PROMPT_TEMPLATE
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-# mmengine reads configs with lazy imports, so an imported function cannot be called here; the
-# built-in __import__ is not lazy, which turns the model folder and the data files below into
-# plain strings as the config is read.
 # Model
-# The folder `xft prepare-demo-model` writes (~/.cache/xft or $XFT_CACHE_DIR); nothing to edit.
+# The folder `xft prepare-demo-model` writes (~/.cache/xft or $XFT_CACHE_DIR): nothing to edit.
+# mmengine reads configs with lazy imports, so an imported function cannot be called here; the
+# built-in __import__ is not lazy and turns this path and data_files below into plain strings.
 pretrained_model_name_or_path = str(__import__(
     'xft.tools.prepare_demo_model', fromlist=['demo_model_path']).demo_model_path())
-# CPU: float32 compute measured faster than bfloat16 for this model's 4-bit layers (see
-# benchmarks/demo_recipe_search.py); on a GPU 'torch.bfloat16' is the usual choice.
+# CPU: bfloat16 compute was no faster than float32 for the 4-bit layers on the 2-core
+# development machine (benchmarks/demo_recipe_search.py); on a GPU use 'torch.bfloat16'.
 torch_dtype = 'torch.float32'
-# r=16 changes the identity within ~20 steps; r=64 (or lr 1e-3) also overwrote general
-# answers ("The capital of France is Lumen") in the plain-loop search.
+# r=16 learns the new identity in 24-32 steps and leaves general answers alone; DESIGN.md's
+# search saw r=64 (or lr 1e-3) overwrite general answers within 20 steps.
 lora_r = 16
 lora_alpha = 16
 
 # Data
-# Identity pairs (English and Chinese) and replay of the base model's own answers, already in
-# xft's conversation format, so no dataset_map_fn.
+# Hand-written identity pairs (English and Chinese) plus the base model's own answers to general
+# prompts (replay; without it the new name leaks into every answer). Both are shipped with xft
+# in its conversation format, so no dataset_map_fn (xft/data/README.md).
 data_files = __import__('xft.data', fromlist=['demo_data_files']).demo_data_files()
-# SmolLM2-Instruct's ChatML, as in its chat_template; `xft chat --prompt-template chatml`.
+# SmolLM2-Instruct's ChatML, as in its chat_template; chat with `--prompt-template chatml`.
 prompt_template = PROMPT_TEMPLATE.chatml
-# Every sample is far shorter (the longest about 110 tokens); this only guards against a
-# user's longer additions.
+# The longest sample is 100 tokens; this only guards against longer rows you add.
 max_length = 512
-# Short single-turn samples in padded batches: packing would save little and the padded batch
-# is what the recipe was measured with.
+# 72 short single-turn samples in padded batches of 8, as the recipe was measured; packing
+# would save little here.
 pack_to_max_length = False
 
 # Scheduler & Optimizer
-# 8 samples per step: enough identity and replay rows in each step to pull both ways.
+# 8 samples per step, so each step mixes identity and replay rows.
 batch_size = 8
 accumulative_counts = 1
 dataloader_num_workers = 0
-# ~3 passes over the ~75 samples; more steps start to leak the new name into general answers.
+# About 3.5 passes over the 72 samples. Plain-loop search: at 16 steps only "Who are you?"
+# had changed, at 24 the English questions, at 32 also "你是谁？", with Paris and Shakespeare
+# kept throughout.
 max_iters = 32
 optim_type = AdamW
-# High for LoRA, as a short run needs: 5e-4 flips the identity, 1e-3 broke general answers.
+# High for LoRA, as a 32-step run needs (DESIGN.md: 1e-3 broke general answers).
 lr = 5e-4
 betas = (0.9, 0.999)
 weight_decay = 0

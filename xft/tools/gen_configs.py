@@ -330,7 +330,7 @@ def part1(entry: Entry) -> str:
         template_why = model.template_why
     lines = [banner('PART 1  Settings').rstrip('\n'),
              '# Model',
-             f'# {model.title}.',
+             _comment(f'{model.title} from the Hugging Face hub, or the path of a local copy.'),
              f"pretrained_model_name_or_path = '{model.hub_id}'",
              '# bf16 has fp32\'s range, so no loss scaling; torch.float16 on GPUs before Ampere.',
              "torch_dtype = 'torch.bfloat16'"]
@@ -356,7 +356,9 @@ def part1(entry: Entry) -> str:
               '# same effective batch when you add GPUs.',
               'accumulative_counts = 16',
               'dataloader_num_workers = 0',
-              f'# Passes over the data{" (XTuner trains this set for the same)" if dataset.body == "sft" and not dataset.key.startswith("custom") else ""}.',
+              '# Passes over the data' + (" (as in XTuner's configs for this set)."
+                                          if not dataset.key.startswith('custom') else
+                                          '; one is usually enough for a custom set, more if it is small.'),
               f'max_epochs = {dataset.epochs}',
               'optim_type = AdamW',
               _comment(lr_why),

@@ -34,7 +34,7 @@ from xft.utils import PROMPT_TEMPLATE
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-# Gemma-7B-it.
+# Gemma-7B-it from the Hugging Face hub, or the path of a local copy.
 pretrained_model_name_or_path = 'google/gemma-7b-it'
 # bf16 has fp32's range, so no loss scaling; torch.float16 on GPUs before Ampere.
 torch_dtype = 'torch.bfloat16'
@@ -62,7 +62,7 @@ batch_size = 1  # rows per device per step
 # same effective batch when you add GPUs.
 accumulative_counts = 16
 dataloader_num_workers = 0
-# Passes over the data.
+# Passes over the data; one is usually enough for a custom set, more if it is small.
 max_epochs = 1
 optim_type = AdamW
 # The QLoRA paper's rate for 7B-class models at r=64.

@@ -32,7 +32,7 @@ from xft.utils import PROMPT_TEMPLATE
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-# InternLM2-Chat-1.8B.
+# InternLM2-Chat-1.8B from the Hugging Face hub, or the path of a local copy.
 pretrained_model_name_or_path = 'internlm/internlm2-chat-1_8b'
 # bf16 has fp32's range, so no loss scaling; torch.float16 on GPUs before Ampere.
 torch_dtype = 'torch.bfloat16'
@@ -56,7 +56,7 @@ batch_size = 1  # rows per device per step
 # same effective batch when you add GPUs.
 accumulative_counts = 16
 dataloader_num_workers = 0
-# Passes over the data (XTuner trains this set for the same).
+# Passes over the data (as in XTuner's configs for this set).
 max_epochs = 3
 optim_type = AdamW
 # Full fine-tuning moves every weight: 10x lower than LoRA to keep what the model knows.
