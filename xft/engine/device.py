@@ -80,3 +80,22 @@ def setup_distributed(cfg) -> None:
                                      find_unused_parameters=cfg.get('find_unused_parameters', False))
     print_log(f'gloo process group: rank {dist.get_rank()} of {dist.get_world_size()} '
               f'(local rank {os.environ.get("LOCAL_RANK", "0")})', logger='current')
+
+
+def share_preprocessing(cfg) -> None:
+    """Several processes: rank 0 preprocesses the training data into a cache under the work
+    dir, the other ranks wait for it and load it (``process_hf_dataset(cache_dir=...)``).
+    A cache_dir the config sets itself is kept."""
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset')
+    if not isinstance(dataset, dict) or dataset.get('cache_dir') is not None:
+        return
+    dataset_type = dataset.get('type')
+    name = dataset_type if isinstance(dataset_type, str) else getattr(dataset_type, '__name__', '')
+    if name.split('.')[-1] != 'process_hf_dataset':
+        return
+    dataset['cache_dir'] = os.path.join(cfg.work_dir, 'processed_train_dataset')
+    print_log(f'train_dataloader.dataset.cache_dir={dataset["cache_dir"]}: rank 0 preprocesses, '
+              'the other ranks load its result', logger='current')
+

@@ -39,7 +39,7 @@ def parse_args(argv=None):
 def build_train_config(args):
     """The config as the Runner will see it: loaded, overridden, adapted to this machine."""
     from xft.engine.config import load_config, resolve_config
-    from xft.engine.device import adapt_optim_wrapper
+    from xft.engine.device import adapt_optim_wrapper, share_preprocessing
 
     cfg = load_config(args.config, args.cfg_options)
     # Imported once the config is known to load: the hooks package imports the model stack.
@@ -64,6 +64,7 @@ def build_train_config(args):
     else:
         adapt_optim_wrapper(cfg)
     use_safe_checkpoint_hook(cfg)
+    share_preprocessing(cfg)
     return cfg
 
 

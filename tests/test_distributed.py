@@ -1,0 +1,115 @@
+"""Several processes through mmengine: DDP on gloo (CPU) against one process, and the
+DeepSpeed/slurm wiring that needs no accelerator to check.
+
+Two processes with one micro-batch each must train exactly like one process with two
+micro-batches per step: DDP averages the two gradients, accumulation averages them too,
+and the distributed sampler hands rank r the samples r, r+2, ... of the same shuffled order
+(one sample per micro-batch, so the groups are the same)."""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest_faults import logged_losses, run_train, train_env, write_config
+
+from xft.engine.checkpoint import load_checkpoint_file
+from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs
+from xft.engine.device import slurm_environment
+from xft.utils.errors import ConfigError, UserError
+
+# Dropout off: two ranks draw the same dropout masks, one process draws two different ones.
+COMMON = ('train_dataloader.batch_size=1', 'model.lora.lora_dropout=0.0', 'param_scheduler.0.start_factor=1.0',
+          'train_dataloader.dataset.max_dataset_length=24', 'log_processor.window_size=1',
+          'default_hooks.checkpoint.interval=100')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(
+        tmp_path, tiny_llama_dir, shared_data):
+    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
+    single_dir, ddp_dir = tmp_path / 'single', tmp_path / 'ddp'
+    run_train(config, '--work-dir', single_dir, '--cfg-options', *COMMON,
+              'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
+
+    # NPROC_PER_NODE=2 xft train ... : the CLI starts torchrun with --launcher pytorch.
+    env = train_env(NPROC_PER_NODE='2', PORT=str(free_port()))
+    ddp = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(ddp_dir),
+                          '--cfg-options', *COMMON, 'optim_wrapper.accumulative_counts=1', 'train_cfg.max_iters=6'],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    log = ddp.stdout + ddp.stderr
+    assert 'gloo process group: rank 1 of 2' in log
+    # Rank 0 preprocesses the data into the work dir's cache (once); rank 1 loads it.
+    assert (ddp_dir / 'processed_train_dataset').is_dir()
+    assert log.count('processed dataset saved to') == 1 and log.count('Saving the dataset (1/1 shards): 100%') == 1
+
+    single, distributed = logged_losses(single_dir), logged_losses(ddp_dir)
+    assert sorted(distributed) == list(range(1, 7))
+    # Rank 0 logs its own micro-batch: sample 2k-1 of the shared order, trained on the same
+    # weights as the one-process run's micro-batch 2k-1.
+    for step in range(1, 7):
+        assert distributed[step] == pytest.approx(single[2 * step - 1], abs=2e-5), step
+    one = load_checkpoint_file(single_dir / 'iter_12.pth')['state_dict']
+    two = load_checkpoint_file(ddp_dir / 'iter_6.pth')['state_dict']
+    assert sorted(one) == sorted(two) and len(one) == 28
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=2e-6, rtol=1e-4, msg=name)
+    # The weights did move: the comparison is not between two untouched initialisations.
+    assert any(bool(tensor.abs().sum()) for name, tensor in one.items() if 'lora_B' in name)
+
+
+def test_deepspeed_auto_fields_come_from_the_xft_config():
+    assert shipped_configs() == ['deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
+                                 'deepspeed_zero3', 'deepspeed_zero3_offload']
+    cfg = dict(train_dataloader=dict(batch_size=4),
+               optim_wrapper=dict(type='AmpOptimWrapper', dtype='float16', accumulative_counts=16,
+                                  clip_grad=dict(max_norm=0.5)))
+    for name in shipped_configs():
+        raw = read_deepspeed_config(name)
+        assert 'auto' in json.dumps(raw)
+        filled = fill_auto_fields(raw, cfg, cuda=True)
+        assert 'auto' not in json.dumps(filled), name
+        assert (filled['train_micro_batch_size_per_gpu'], filled['gradient_accumulation_steps'],
+                filled['gradient_clipping']) == (4, 16, 0.5)
+        assert (filled['fp16']['enabled'], filled['bf16']['enabled']) == (True, False)
+        assert filled['zero_optimization']['stage'] == int(name[len('deepspeed_zero')])
+    # On CPU, or with the plain OptimWrapper, training stays in the model's dtype.
+    cpu = fill_auto_fields(read_deepspeed_config('deepspeed_zero2'), cfg, cuda=False)
+    assert (cpu['fp16']['enabled'], cpu['bf16']['enabled']) == (False, False)
+    assert 'offload_param' in read_deepspeed_config('deepspeed_zero3_offload')['zero_optimization']
+
+
+def test_deepspeed_values_that_contradict_the_config_are_refused(tmp_path):
+    explicit = dict(read_deepspeed_config('deepspeed_zero2'), train_micro_batch_size_per_gpu=8)
+    cfg = dict(train_dataloader=dict(batch_size=4), optim_wrapper=dict(type='OptimWrapper'))
+    with pytest.raises(ConfigError, match='train_micro_batch_size_per_gpu=8 contradicts '
+                                          'train_dataloader.batch_size=4'):
+        fill_auto_fields(explicit, cfg, cuda=False)
+    custom = tmp_path / 'mine.json'
+    custom.write_text(json.dumps(dict(explicit, train_micro_batch_size_per_gpu=4)))
+    assert fill_auto_fields(read_deepspeed_config(str(custom)), cfg, cuda=False)['gradient_accumulation_steps'] == 1
+    with pytest.raises(ConfigError, match='no shipped config of that name'):
+        read_deepspeed_config('deepspeed_zero9')
+
+
+def test_deepspeed_needs_a_launcher_and_says_so_in_one_line(tmp_path, tiny_llama_dir, shared_data):
+    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
+    result = run_train(config, '--deepspeed', 'deepspeed_zero2', expect_rc=2)
+    assert result.stderr.strip().splitlines()[-1] == (
+        'xft train: --deepspeed needs several processes: start with NPROC_PER_NODE=N xft train ... '
+        '(or torchrun ... --launcher pytorch)')
+
+
+def test_slurm_variables_become_torch_distributed_ones():
+    env = slurm_environment({'SLURM_PROCID': '5', 'SLURM_NTASKS': '8', 'SLURM_LOCALID': '1',
+                             'SLURM_NODELIST': 'gpu[01-02]', 'MASTER_PORT': '29700'}, hostnames=['gpu01', 'gpu02'])
+    assert env == {'RANK': '5', 'WORLD_SIZE': '8', 'LOCAL_RANK': '1', 'MASTER_ADDR': 'gpu01', 'MASTER_PORT': '29700'}
+    with pytest.raises(UserError, match='SLURM_PROCID is not set; start the job with srun'):
+        slurm_environment({})
