@@ -166,8 +166,9 @@ MODELS = [
           "Mixtral-Instruct's '[INST] ... [/INST]' format.",
           zoo=_zoo(['alpaca', 'oasst1', 'custom_sft'], lora=[], full=[]),
           lora_target_modules="['q_proj', 'k_proj', 'v_proj', 'o_proj']",
-          lora_target_why=('Attention only: the experts are fused weights, not linear layers, and '
-                           'adapting the router (gate) unbalances the experts.')),
+          lora_target_why=('Attention only. In transformers 5 the experts are fused 3-D weights, not '
+                           'linear layers: neither LoRA nor 4-bit quantization reaches them, so they stay '
+                           'bf16 (about 87 GiB for 8x7B) and this run needs a GPU of 100+ GB (H200).')),
     # Gemma
     Model('gemma', 'gemma_2b_it', 'google/gemma-2b-it', 'Gemma-2B-it', 'gemma',
           "Gemma's '<start_of_turn>user ... <end_of_turn>' format.", zoo=_zoo(CHAT_SETS)),
