@@ -22,11 +22,11 @@ tokenizer without one gets the messages as plain text (XTuner's behaviour for ba
 """
 import argparse
 import contextlib
-import logging
 import re
 import sys
 from pathlib import Path
 
+from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import ConfigError, UserError
 from xft.utils.templates import USE_TOKENIZER_CHAT_TEMPLATE
 
@@ -284,9 +284,7 @@ def chat(args):
 
 
 def main(argv=None) -> int:
-    # bitsandbytes warns at import on CPUs with avx512bf16 that an optional hub kernel package
-    # is missing; nothing is wrong, and the notice would bury a one-line error.
-    logging.getLogger('bitsandbytes.backends.cpu.ops').setLevel(logging.ERROR)
+    quiet_library_notices()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         chat(args)

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from xft.model.export import TRAINING_CONFIG_FILENAME
+from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
 
 DEVICES = ('cpu', 'cuda', 'auto')
@@ -52,13 +52,14 @@ def _device_map(device):
 def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
                   safe_serialization=True, trust_remote_code=False):
     """Merge ``adapter`` into ``base`` and save model + tokenizer to ``save_dir``."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not (Path(adapter) / 'adapter_config.json').is_file():
         raise UserError(f'{adapter}: not a PEFT adapter folder (no adapter_config.json)')
     if not Path(base).is_dir():
         raise UserError(f'{base}: base model folder not found')
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xft.model.export import TRAINING_CONFIG_FILENAME
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base), dtype='auto', device_map=_device_map(device),
@@ -82,6 +83,7 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
 
 
 def main(argv=None) -> int:
+    quiet_library_notices()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     try:

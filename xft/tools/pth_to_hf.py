@@ -19,14 +19,9 @@ import argparse
 import sys
 import time
 
-import torch
+from mmengine.config import DictAction
 
-from xft.engine.config import DictAction
-from xft.model.chat_template import save_tokenizer_with_chat_template
-from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
-                              llm_state_dict, load_training_config, read_checkpoint_state_dict,
-                              save_config_beside)
-from xft.registry import build_nested
+from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
 
 STEPS = 4
@@ -68,6 +63,15 @@ class _Progress:
 
 
 def convert(args):
+    # Imported here so that --help and argument errors answer at once.
+    import torch
+
+    from xft.model.chat_template import save_tokenizer_with_chat_template
+    from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
+                                  llm_state_dict, load_training_config,
+                                  read_checkpoint_state_dict, save_config_beside)
+    from xft.registry import build_nested
+
     progress = _Progress(STEPS)
     progress.step(f'reading config {args.config}')
     cfg = load_training_config(args.config, args.cfg_options)
@@ -105,6 +109,7 @@ def convert(args):
 
 
 def main(argv=None) -> int:
+    quiet_library_notices()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         convert(args)
