@@ -184,6 +184,19 @@ def test_bits_4_loads_nf4_and_answers_like_training(tiny_llama_dir, capsys):
     assert len(layers) == 14
     assert all(m.weight.quant_type == 'nf4' and m.weight.quant_state.nested for m in layers)
     assert not any(getattr(m, 'support_avx512bf16_for_cpu', False) for m in layers)
+    assert all(m.compute_dtype == torch.float32 for m in layers)
+
+
+def test_bits_4_computes_in_the_models_own_dtype(tmp_path, tiny_llama_dir):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+    bf16_dir = tmp_path / 'bf16'
+    AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.bfloat16).save_pretrained(
+        bf16_dir)
+    args = chat_tool.parse_args([str(bf16_dir), '--bits', '4'])
+    model = chat_tool.load_model(args)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.compute_dtype == torch.bfloat16 for m in layers)
 
 
 def test_bits_8_loads_int8_layers(tiny_llama_dir):

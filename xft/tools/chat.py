@@ -131,13 +131,30 @@ def quantization_config(bits, dtype):
         raise UserError(f'--bits {bits} needs bitsandbytes, which is not usable here '
                         f'({type(error).__name__}: {str(error).splitlines()[0]}); '
                         'pip install bitsandbytes, or drop --bits') from None
-    import torch
     from transformers import BitsAndBytesConfig
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+
+
+def compute_dtype(args, device):
+    """The dtype 4-bit layers compute in: --torch-dtype, else the model's own dtype; float16
+    only on a GPU (CPU kernels for it are slow), float32 when the model names none."""
+    import torch
+    if args.torch_dtype != 'auto':
+        return getattr(torch, args.torch_dtype)
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(str(args.model),
+                                            trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError):
+        return torch.float32
+    dtype = getattr(config, 'dtype', None) or getattr(config, 'torch_dtype', None)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if dtype == torch.float16 and device != 'cuda':
+        return torch.float32
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -161,7 +178,8 @@ def load_model(args):
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(args.model), dtype=dtype, device_map={'': device},
-            quantization_config=quantization_config(args.bits, dtype),
+            quantization_config=quantization_config(
+                args.bits, compute_dtype(args, device) if args.bits else None),
             trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as error:
         raise UserError(f'{args.model}: cannot load the model: '
