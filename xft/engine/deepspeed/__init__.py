@@ -87,6 +87,15 @@ def fill_auto_fields(ds_config: dict, cfg, cuda: bool = None) -> dict:
     return config
 
 
+def use_plain_gloo_collectives() -> None:
+    """On CPU, DeepSpeed compiles a shared-memory all-reduce op at its first collective (a
+    C++ build of minutes, and a lock left behind if it is killed meanwhile). gloo's own
+    collectives do the same job, so the op is marked unavailable, which DeepSpeed's
+    ``build_shm_op`` checks before building."""
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] = False
+
+
 def use_deepspeed(cfg, name_or_path: str) -> None:
     """Turn a config into a FlexibleRunner + DeepSpeedStrategy run (in place)."""
     if cfg.get('launcher', 'none') == 'none':
@@ -96,11 +105,14 @@ def use_deepspeed(cfg, name_or_path: str) -> None:
     if 'optimizer' not in wrapper:
         raise ConfigError('optim_wrapper.optimizer: DeepSpeed needs the optimizer of the config')
     ds_config = fill_auto_fields(read_deepspeed_config(name_or_path), cfg)
+    if not torch.cuda.is_available():
+        use_plain_gloo_collectives()
     cfg.runner_type = 'FlexibleRunner'
     cfg.strategy = dict(type='DeepSpeedStrategy', config=ds_config,
                         # LoRA/QLoRA checkpoints hold the trainable weights only, as without DeepSpeed.
                         exclude_frozen_parameters=True)
-    cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper', optimizer=wrapper['optimizer'])
+    from .optim_wrapper import NoGradStepDeepSpeedOptimWrapper  # noqa: F401  (registers it)
+    cfg.optim_wrapper = dict(type='NoGradStepDeepSpeedOptimWrapper', optimizer=wrapper['optimizer'])
     stage = ds_config.get('zero_optimization', {}).get('stage', 0)
     print_log(f'DeepSpeed ZeRO-{stage} ({name_or_path}): micro batch {ds_config["train_micro_batch_size_per_gpu"]}, '
               f'accumulation {ds_config["gradient_accumulation_steps"]}, clipping {ds_config["gradient_clipping"]}, '

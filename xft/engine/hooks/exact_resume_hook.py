@@ -84,7 +84,8 @@ class ExactResumeHook(Hook):
                 f'of {runner.max_iters}: weights, optimizer, schedulers, data position']
         state, self._pending = self._pending, None
         if state is None:
-            print_log(f'{done[0]} (no RNG or accumulation state in this checkpoint: an older format)',
+            print_log(f'{done[0]} (no RNG or accumulation state in this checkpoint: an older format, plain '
+                      "mmengine, or DeepSpeed's own checkpoint)',
                       logger='current')
             return
         rng_states = state['rng']
