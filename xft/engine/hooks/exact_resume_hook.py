@@ -85,7 +85,7 @@ class ExactResumeHook(Hook):
         state, self._pending = self._pending, None
         if state is None:
             print_log(f'{done[0]} (no RNG or accumulation state in this checkpoint: an older format, plain '
-                      "mmengine, or DeepSpeed's own checkpoint)',
+                      "mmengine, or DeepSpeed's own checkpoint)",
                       logger='current')
             return
         rng_states = state['rng']
