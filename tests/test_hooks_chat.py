@@ -116,6 +116,22 @@ def test_hook_on_a_toy_runner_writes_answers_and_training_still_updates_every_lo
     assert 'EvaluateChatHook iter 2' in log_text
 
 
+def test_batched_answers_equal_one_by_one_answers_in_float32(tmp_path, tiny_llama_dir,
+                                                             tiny_tokenizer):
+    from xft.model.generation import generate_reply
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    model = build_model_from_config(config)
+    inputs = INPUTS + ['Speak, speak.', 'A much longer question, so that the prompts differ in '
+                       'length and the short ones are padded on the left.']
+    hook = make_hook(tiny_tokenizer, evaluation_inputs=inputs, max_new_tokens=12)
+    answers = hook._evaluate(fake_runner(model, tmp_path), iteration=0)
+    model.llm.eval()
+    one_by_one = [generate_reply(model.llm, tiny_tokenizer, prompt, hook.settings,
+                                 hook.stop_words) for prompt in hook.prompts]
+    assert answers == one_by_one
+    assert len(set(answers)) > 1
+
+
 def test_dataset_info_describes_size_first_sample_and_trained_text(tiny_tokenizer):
     samples = encoded_samples(tiny_tokenizer)
     lines = DatasetInfoHook(tokenizer=tiny_tokenizer).describe(samples, 'train')

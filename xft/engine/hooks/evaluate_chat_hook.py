@@ -27,7 +27,7 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 
 from xft.model.generation import (RAW_TEXT_TEMPLATE, GenerationSettings,
-                                  encode_for_generation, generate_reply, stop_words_for)
+                                  encode_for_generation, generate_replies, stop_words_for)
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
 from xft.registry import build_nested
 
@@ -113,9 +113,11 @@ class EvaluateChatHook(Hook):
         llm = model.llm
         started = time.perf_counter()
         with _generation_state(llm):
-            answers = [generate_reply(llm, self.tokenizer, prompt, self.settings,
-                                      self.stop_words)
-                       for prompt in self.prompts]
+            # One batch for all inputs: on a CPU that dequantizes 4-bit weights at every step,
+            # three inputs took 11 s batched against 21.5 s one by one (SmolLM2-135M, 24
+            # tokens). In float32 the answers are the same; in bf16 padding may flip a near-tie.
+            answers = generate_replies(llm, self.tokenizer, self.prompts, self.settings,
+                                       self.stop_words)
         seconds = time.perf_counter() - started
         self._last_iteration = iteration
         for text, answer in zip(self.evaluation_inputs, answers):
