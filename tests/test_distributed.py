@@ -31,38 +31,66 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(
-        tmp_path, tiny_llama_dir, shared_data):
-    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
-    single_dir, ddp_dir = tmp_path / 'single', tmp_path / 'ddp'
-    run_train(config, '--work-dir', single_dir, '--cfg-options', *COMMON,
+@pytest.fixture(scope='module')
+def one_process_run(tmp_path_factory, tiny_llama_dir, shared_data):
+    """The one-process reference: 12 micro-batches of one sample, two per optimizer step."""
+    folder = tmp_path_factory.mktemp('distributed')
+    config = write_config(folder, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
+    work_dir = folder / 'single'
+    run_train(config, '--work-dir', work_dir, '--cfg-options', *COMMON,
               'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
+    return config, work_dir, logged_losses(work_dir)
 
-    # NPROC_PER_NODE=2 xft train ... : the CLI starts torchrun with --launcher pytorch.
+
+def train_two_processes(config, work_dir, *extra):
+    """``NPROC_PER_NODE=2 xft train ...``: the CLI starts torchrun with ``--launcher pytorch``."""
     env = train_env(NPROC_PER_NODE='2', PORT=str(free_port()))
-    ddp = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(ddp_dir),
-                          '--cfg-options', *COMMON, 'optim_wrapper.accumulative_counts=1', 'train_cfg.max_iters=6'],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-4000:]
-    log = ddp.stdout + ddp.stderr
+    result = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
+                             *extra, '--cfg-options', *COMMON, 'optim_wrapper.accumulative_counts=1',
+                             'train_cfg.max_iters=6'], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def assert_matches_one_process(work_dir, single: dict, tolerance: float) -> None:
+    """Rank 0 logs its own micro-batch: sample 2k-1 of the shared order, trained on the same
+    weights as the one-process run's micro-batch 2k-1."""
+    distributed = logged_losses(work_dir)
+    assert sorted(distributed) == list(range(1, 7))
+    for step in range(1, 7):
+        assert distributed[step] == pytest.approx(single[2 * step - 1], abs=tolerance), step
+    assert single[11] < single[1] - 0.01, 'the weights did not move: the comparison would prove nothing'
+
+
+def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(tmp_path, one_process_run):
+    config, single_dir, single = one_process_run
+    ddp_dir = tmp_path / 'ddp'
+    log = train_two_processes(config, ddp_dir)
     assert 'gloo process group: rank 1 of 2' in log
     # Rank 0 preprocesses the data into the work dir's cache; rank 1 waits and loads it.
     assert (ddp_dir / 'processed_train_dataset').is_dir()
     assert log.count('processed dataset saved to') == 1
-
-    single, distributed = logged_losses(single_dir), logged_losses(ddp_dir)
-    assert sorted(distributed) == list(range(1, 7))
-    # Rank 0 logs its own micro-batch: sample 2k-1 of the shared order, trained on the same
-    # weights as the one-process run's micro-batch 2k-1.
-    for step in range(1, 7):
-        assert distributed[step] == pytest.approx(single[2 * step - 1], abs=2e-5), step
+    assert_matches_one_process(ddp_dir, single, tolerance=2e-5)
     one = load_checkpoint_file(single_dir / 'iter_12.pth')['state_dict']
     two = load_checkpoint_file(ddp_dir / 'iter_6.pth')['state_dict']
     assert sorted(one) == sorted(two) and len(one) == 28
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=2e-6, rtol=1e-4, msg=name)
-    # The weights did move: the comparison is not between two untouched initialisations.
-    assert any(bool(tensor.abs().sum()) for name, tensor in one.items() if 'lora_B' in name)
+
+
+def test_deepspeed_zero2_on_two_gloo_processes_trains_like_one_process(tmp_path, one_process_run):
+    config, _, single = one_process_run
+    zero_dir = tmp_path / 'zero2'
+    log = train_two_processes(config, zero_dir, '--deepspeed', 'deepspeed_zero2')
+    assert ('DeepSpeed ZeRO-2 (deepspeed_zero2): micro batch 1, accumulation 1, clipping 1.0, '
+            'fp16 False, bf16 False') in log
+    # Same initial weights and the same first sample on rank 0: exactly the same first loss.
+    # After the first ZeRO step the curve stays close but not equal (about 3e-3 apart from
+    # step 2 on, ZeRO-1 alike; DDP matches exactly): an open question, see the docs.
+    assert logged_losses(zero_dir)[1] == single[1]
+    assert_matches_one_process(zero_dir, single, tolerance=2e-2)
+    # A DeepSpeed checkpoint is a folder, published by rename like a file.
+    assert (zero_dir / 'iter_6.pth').is_dir() and (zero_dir / 'last_checkpoint').read_text().endswith('iter_6.pth')
 
 
 def test_deepspeed_auto_fields_come_from_the_xft_config():
