@@ -108,7 +108,7 @@ class KillWhileSavingHook(Hook):
     A large tensor added to that checkpoint makes the write last long enough; a thread
     watches the checkpoint folder and kills the process as soon as a new file appears."""
 
-    def __init__(self, at_iter, payload_mb=160):
+    def __init__(self, at_iter, payload_mb=96):
         self.at_iter = at_iter
         self.payload_mb = payload_mb
 
@@ -152,11 +152,15 @@ class PoisonMarkedSamplesHook(Hook):
 
 @pytest.fixture(scope='session')
 def reference_run(tmp_path_factory, tiny_llama_dir, shared_data):
-    """An uninterrupted run of the reference schedule: (config, work dir, {iteration: loss})."""
-    folder = tmp_path_factory.mktemp('reference')
-    config = write_config(folder, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json', 'reference')
-    work_dir = folder / 'run'
-    run_train(config, '--work-dir', work_dir, '--cfg-options', *REFERENCE_OPTIONS)
+    """An uninterrupted run of the reference schedule: (config, work dir, {iteration: loss}).
+    Test modules import this fixture, so pytest sees one copy per module; the run itself
+    happens once per session (a finished run in the session's temp folder is reused)."""
+    folder = tmp_path_factory.getbasetemp() / 'reference'
+    config, work_dir = folder / 'reference.py', folder / 'run'
+    if not (work_dir / 'iter_12.pth').is_file():
+        folder.mkdir(exist_ok=True)
+        write_config(folder, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json', 'reference')
+        run_train(config, '--work-dir', work_dir, '--cfg-options', *REFERENCE_OPTIONS)
     losses = logged_losses(work_dir)
     assert sorted(losses) == list(range(1, 13))
     return config, work_dir, losses

@@ -15,7 +15,7 @@ import torch
 from conftest_faults import logged_losses, run_train, train_env, write_config
 
 from xft.engine.checkpoint import load_checkpoint_file
-from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs
+from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs, use_deepspeed
 from xft.engine.device import slurm_environment
 from xft.utils.errors import ConfigError, UserError
 
@@ -127,12 +127,16 @@ def test_deepspeed_values_that_contradict_the_config_are_refused(tmp_path):
         read_deepspeed_config('deepspeed_zero9')
 
 
-def test_deepspeed_needs_a_launcher_and_says_so_in_one_line(tmp_path, tiny_llama_dir, shared_data):
-    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
-    result = run_train(config, '--deepspeed', 'deepspeed_zero2', expect_rc=2)
-    assert result.stderr.strip().splitlines()[-1] == (
-        'xft train: --deepspeed needs several processes: start with NPROC_PER_NODE=N xft train ... '
-        '(or torchrun ... --launcher pytorch)')
+def test_deepspeed_needs_a_launcher():
+    from mmengine.config import Config
+    cfg = Config(dict(launcher='none', train_dataloader=dict(batch_size=1),
+                      optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))))
+    with pytest.raises(ConfigError, match='--deepspeed needs several processes: start with NPROC_PER_NODE=N'):
+        use_deepspeed(cfg, 'deepspeed_zero2')
+    cfg.launcher = 'pytorch'
+    use_deepspeed(cfg, 'deepspeed_zero3')
+    assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.config['zero_optimization']['stage'] == 3
+    assert cfg.optim_wrapper == dict(type='NoGradStepDeepSpeedOptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
 
 
 def test_slurm_variables_become_torch_distributed_ones():

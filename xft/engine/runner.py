@@ -162,6 +162,9 @@ class TrainLoop(IterBasedTrainLoop):
 
     def _loss_guard(self) -> FiniteLossGuard:
         if self._guard is None or self._guard._wrapper is not self.runner.optim_wrapper:
+            if self.nonfinite_loss == 'skip' and not hasattr(self.runner.optim_wrapper, 'should_update'):
+                raise ConfigError("train_cfg.nonfinite_loss='skip' needs mmengine's OptimWrapper; under "
+                                  "DeepSpeed use 'stop' (DeepSpeed steps by itself)")
             self._guard = FiniteLossGuard(self.runner.optim_wrapper, self._bare_model().parameters(),
                                           self.nonfinite_loss)
         return self._guard
