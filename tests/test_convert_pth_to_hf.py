@@ -217,3 +217,21 @@ def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert 'DeepSpeed' in err[0] or 'deepspeed' in err[0]
+
+
+def test_exported_models_stop_at_the_templates_end_of_reply_token(tmp_path, tiny_llama_dir):
+    """The tiny tokenizer's EOS is </s>; chatml ends replies with <|im_end|>. Tools that read
+    only generation_config must stop at both, after pth_to_hf (full) and after merge."""
+    from transformers import GenerationConfig
+
+    from xft.tools.merge import main as merge_main
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    expected = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids('<|im_end|>')]
+    config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'full')
+    assert pth_to_hf_main([str(config), str(checkpoint), str(tmp_path / 'full')]) == 0
+    assert GenerationConfig.from_pretrained(str(tmp_path / 'full')).eos_token_id == expected
+
+    config, checkpoint, _ = make_checkpoint(tmp_path, tiny_llama_dir, 'lora')
+    assert pth_to_hf_main([str(config), str(checkpoint), str(tmp_path / 'adapter')]) == 0
+    assert merge_main([str(tiny_llama_dir), str(tmp_path / 'adapter'), str(tmp_path / 'm')]) == 0
+    assert GenerationConfig.from_pretrained(str(tmp_path / 'm')).eos_token_id == expected

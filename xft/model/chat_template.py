@@ -112,3 +112,38 @@ def save_tokenizer_with_chat_template(tokenizer, template, save_dir):
         wrote = True
     tokenizer.save_pretrained(str(Path(save_dir)))
     return wrote
+
+
+def stop_token_ids(template, tokenizer):
+    """Ids of the template's STOP_WORDS that are one token each (``<|im_end|>``, ``<eoa>``)."""
+    ids = []
+    for word in (template or {}).get('STOP_WORDS', None) or []:
+        encoded = tokenizer(word, add_special_tokens=False)['input_ids']
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+    return ids
+
+
+def add_stop_tokens_to_generation_config(save_dir, template, tokenizer):
+    """Make ``generate()`` of a saved model stop where the training template ends a reply.
+
+    Tools that know only the model folder (transformers pipelines, vLLM, TGI) stop at
+    ``generation_config.eos_token_id``; when a template ends replies with its own token
+    (internlm2_chat's ``<|im_end|>`` while the tokenizer's EOS is ``</s>``) they would run on
+    past the answer. Rewrites ``generation_config.json`` in ``save_dir``; returns the eos ids.
+    """
+    from transformers import GenerationConfig
+    try:
+        config = GenerationConfig.from_pretrained(str(save_dir))
+    except OSError:  # the model saved none
+        config = GenerationConfig()
+    current = config.eos_token_id
+    current = ([] if current is None else
+               list(current) if isinstance(current, (list, tuple)) else [current])
+    if not current and tokenizer.eos_token_id is not None:
+        current = [tokenizer.eos_token_id]
+    wanted = list(dict.fromkeys(current + stop_token_ids(template, tokenizer)))
+    if wanted and wanted != current:
+        config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
+        config.save_pretrained(str(save_dir))
+    return wanted

@@ -59,7 +59,9 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from xft.model.export import TRAINING_CONFIG_FILENAME
+    from xft.dataset.map_fns.template import resolve_template
+    from xft.model.chat_template import add_stop_tokens_to_generation_config
+    from xft.model.export import TRAINING_CONFIG_FILENAME, read_training_template
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base), dtype='auto', device_map=_device_map(device),
@@ -79,6 +81,9 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     training_config = Path(adapter) / TRAINING_CONFIG_FILENAME
     if training_config.is_file():  # the merged model keeps its provenance and template
         shutil.copyfile(training_config, Path(save_dir) / TRAINING_CONFIG_FILENAME)
+        template = read_training_template(adapter)
+        if template is not None:
+            add_stop_tokens_to_generation_config(save_dir, resolve_template(template), tokenizer)
     return Path(save_dir)
 
 

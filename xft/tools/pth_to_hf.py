@@ -66,7 +66,8 @@ def convert(args):
     # Imported here so that --help and argument errors answer at once.
     import torch
 
-    from xft.model.chat_template import save_tokenizer_with_chat_template
+    from xft.model.chat_template import (add_stop_tokens_to_generation_config,
+                                         save_tokenizer_with_chat_template)
     from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
                                   llm_state_dict, load_training_config,
                                   read_checkpoint_state_dict, save_config_beside)
@@ -103,6 +104,8 @@ def convert(args):
         wrote = save_tokenizer_with_chat_template(tokenizer, template, args.save_dir)
         if template is not None and not wrote:
             print('      (the prompt template defers to the tokenizer\'s own chat_template)')
+        if template is not None and not lora:
+            add_stop_tokens_to_generation_config(args.save_dir, template, tokenizer)
     save_config_beside(cfg, args.save_dir)
     kind = 'a PEFT adapter' if lora else 'a full model'
     print(f'saved {kind} to {args.save_dir} in {progress.elapsed():.1f} s', flush=True)
