@@ -1,7 +1,7 @@
 """Find the demo's self-cognition QLoRA recipe with a plain loop (peft + bitsandbytes, no xft).
 
 Kept as the record of how ``configs/smollm2_135m_qlora_self_cognition.py`` got its numbers and
-how ``xft/data/general_replay_smollm2.json`` was made. Two commands:
+how ``xft/data/general_replay_smollm2.json`` was made. Three commands:
 
 * ``make-replay``: greedy answers of the unmodified SmolLM2-135M-Instruct to REPLAY_PROMPTS,
   in ChatML without a system prompt (the format the demo trains in), written as a
@@ -10,6 +10,7 @@ how ``xft/data/general_replay_smollm2.json`` was made. Two commands:
   on the answer and ``<|im_end|>`` only, a shuffled identity + replay mix, AdamW at a constant
   learning rate after a short warmup; at the listed steps it generates greedily for EVAL_PROMPTS
   and prints which answers carry the new name, Paris and Shakespeare.
+* ``dtype-ab``: float32 vs bfloat16 compute step times, interleaved on the same batches.
 
 Example (about 2-3 min per run on 2 shared cores)::
 
@@ -293,6 +294,36 @@ def search(args):
             report(step, answers, hits, train_seconds, loss.item())
 
 
+def dtype_ab(args):
+    """Step time of float32 vs bfloat16 compute, interleaved on the same batches in one process,
+    so that load from other jobs on a shared machine hits both alike."""
+    from transformers import AutoTokenizer
+
+    model_dir = args.model or demo_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = load_rows(SELF_COGNITION_FILE) + load_rows(GENERAL_REPLAY_FILE)
+    samples = [encode_row(tokenizer, row) for row in rows]
+    runs = {}
+    for dtype in ('float32', 'bfloat16'):
+        settings = parse_args(['search', '--compute-dtype', dtype])
+        model = build_qlora_model(model_dir, settings).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+        runs[dtype] = (model, optimizer, [])
+    stream = batches(samples, args.batch_size, seed=0)
+    for _ in range(args.steps):
+        batch = collate(next(stream), tokenizer.pad_token_id)
+        for model, optimizer, seconds in runs.values():
+            tick = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds.append(time.perf_counter() - tick)
+    for dtype, (_, _, seconds) in runs.items():
+        warm = seconds[1:] or seconds
+        print(f'{dtype}: {[round(s, 1) for s in seconds]} s; mean after the first '
+              f'{sum(warm) / len(warm):.2f} s/step', flush=True)
+
+
 def report(step, answers, hits, train_seconds, loss):
     score = sum(hits.values())
     timing = '' if train_seconds is None else \
@@ -329,16 +360,19 @@ def parse_args(argv=None):
     run.add_argument('--grad-checkpointing', action='store_true')
     run.add_argument('--threads', type=int, default=1)
     run.add_argument('--seed', type=int, default=0)
+    ab = sub.add_parser('dtype-ab', help='float32 vs bfloat16 compute, interleaved')
+    ab.add_argument('--model', default=None, help='prepared model folder')
+    ab.add_argument('--steps', type=int, default=6)
+    ab.add_argument('--batch-size', type=int, default=8)
+    ab.add_argument('--threads', type=int, default=1)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(getattr(args, 'threads', 1))
-    if args.command == 'make-replay':
-        make_replay(args)
-    else:
-        search(args)
+    commands = {'make-replay': make_replay, 'search': search, 'dtype-ab': dtype_ab}
+    commands[args.command](args)
     return 0
 
 

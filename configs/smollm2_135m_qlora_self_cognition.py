@@ -36,8 +36,8 @@ from xft.utils import PROMPT_TEMPLATE
 # built-in __import__ is not lazy and turns this path and data_files below into plain strings.
 pretrained_model_name_or_path = str(__import__(
     'xft.tools.prepare_demo_model', fromlist=['demo_model_path']).demo_model_path())
-# CPU: bfloat16 compute was no faster than float32 for the 4-bit layers on the 2-core
-# development machine (benchmarks/demo_recipe_search.py); on a GPU use 'torch.bfloat16'.
+# CPU: float32 and bfloat16 compute ran within noise of each other here (an interleaved A/B on
+# the 4-bit layers), and the recipe was found in float32; on a GPU use 'torch.bfloat16'.
 torch_dtype = 'torch.float32'
 # r=16 learns the new identity in 24-32 steps and leaves general answers alone; DESIGN.md's
 # search saw r=64 (or lr 1e-3) overwrite general answers within 20 steps.
