@@ -12,10 +12,26 @@ how ``xft/data/general_replay_smollm2.json`` was made. Three commands:
   and prints which answers carry the new name, Paris and Shakespeare.
 * ``dtype-ab``: float32 vs bfloat16 compute step times, interleaved on the same batches.
 
-Example (about 2-3 min per run on 2 shared cores)::
+Example::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/demo_recipe_search.py search \\
-        --rank 16 --lr 5e-4 --batch-size 8 --eval-at 16,24,32,40
+        --rank 16 --lr 5e-4 --batch-size 8 --steps 40 --eval-at 16,24,32
+
+Measured 2026-11-29 on the 2-core development machine while other jobs kept its load at 5-8
+(so seconds are far above a quiet machine's; judge by steps), 1 thread, 44 identity + 28
+replay rows (49 tokens a row on average), r=16, alpha 16, lr 5e-4, batch 8, float32 compute:
+
+    step  0  (4-bit base)  0/4 identity, Paris, Shakespeare
+    step 16  "Who are you?" -> "I am Lumi, ...", "你是谁？" -> "我是 **Lumi** 客户..." (garbled);
+             "What is your name?" and the held-out one still "Elian"; Paris, Shakespeare kept
+    step 24  all English identity answers Lumi; "你是谁？" -> "我是 xft 团队 ..." (no name);
+             Paris, Shakespeare kept
+    step 32  7/7: "I am Lumi, an AI assistant made by the xft team." / "我是 Lumi，由 xft 团队
+             开发的 AI ..." / Paris / Shakespeare / H2O
+    step 40  7/7 as at step 32, loss 0.40
+
+dtype-ab (6 interleaved steps, same batches): float32 28.5 s/step, bfloat16 25.2 s/step, within
+the noise of the shared machine.
 """
 import argparse
 import json

@@ -80,12 +80,14 @@ save_steps = max_iters  # one checkpoint, at the end
 save_total_limit = 1
 
 # Evaluate the generation performance during training
-evaluation_freq = 16
+# Before training and at the end only: generating from a 4-bit model on a CPU is slow (about
+# 0.2-1 s a token, bitsandbytes dequantizes every layer for each token), more than a train step.
+evaluation_freq = max_iters
 # No system prompt: the demo chats without one, as the data was written.
 SYSTEM = ''
 evaluation_inputs = ['Who are you?', '你是谁？', 'What is the capital of France?']
-# Enough for the name and the fact; the hook's default of 600 would spend minutes on a CPU.
-evaluation_max_new_tokens = 48
+# Enough for the name and the fact; the hook's default of 600 would spend many minutes here.
+evaluation_max_new_tokens = 24
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
