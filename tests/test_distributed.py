@@ -42,12 +42,15 @@ def one_process_run(tmp_path_factory, tiny_llama_dir, shared_data):
     return config, work_dir, logged_losses(work_dir)
 
 
-def train_two_processes(config, work_dir, *extra):
-    """``NPROC_PER_NODE=2 xft train ...``: the CLI starts torchrun with ``--launcher pytorch``."""
-    env = train_env(NPROC_PER_NODE='2', PORT=str(free_port()))
+def train_two_processes(config, work_dir, *extra, processes=2):
+    """``NPROC_PER_NODE=2 xft train ...``: the CLI starts torchrun with ``--launcher pytorch``.
+    The same data and optimizer steps on any number of processes: 12 samples, 2 per step."""
+    env = train_env(NPROC_PER_NODE=str(processes), PORT=str(free_port()))
+    accumulation, iterations = 2 // processes, 12 // processes
     result = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-                             *extra, '--cfg-options', *COMMON, 'optim_wrapper.accumulative_counts=1',
-                             'train_cfg.max_iters=6'], capture_output=True, text=True, env=env, timeout=300)
+                             *extra, '--cfg-options', *COMMON, f'optim_wrapper.accumulative_counts={accumulation}',
+                             f'train_cfg.max_iters={iterations}'], capture_output=True, text=True, env=env,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -79,16 +82,16 @@ def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(t
 
 
 def test_deepspeed_zero2_on_two_gloo_processes_trains_like_one_process(tmp_path, one_process_run):
-    config, _, single = one_process_run
-    zero_dir = tmp_path / 'zero2'
+    config, _, _ = one_process_run
+    one_dir, zero_dir = tmp_path / 'zero2_one_process', tmp_path / 'zero2'
+    # The reference is ZeRO-2 on one process: FlexibleRunner builds the model at another point
+    # of the random stream than Runner, so LoRA's A matrices start from other values (B = 0,
+    # so the first loss is the same) and the DDP reference above is not comparable.
+    train_two_processes(config, one_dir, '--deepspeed', 'deepspeed_zero2', processes=1)
     log = train_two_processes(config, zero_dir, '--deepspeed', 'deepspeed_zero2')
     assert ('DeepSpeed ZeRO-2 (deepspeed_zero2): micro batch 1, accumulation 1, clipping 1.0, '
             'fp16 False, bf16 False') in log
-    # Same initial weights and the same first sample on rank 0: exactly the same first loss.
-    # After the first ZeRO step the curve stays close but not equal (about 3e-3 apart from
-    # step 2 on, ZeRO-1 alike; DDP matches exactly): an open question, see the docs.
-    assert logged_losses(zero_dir)[1] == single[1]
-    assert_matches_one_process(zero_dir, single, tolerance=2e-2)
+    assert_matches_one_process(zero_dir, logged_losses(one_dir), tolerance=2e-5)
     # A DeepSpeed checkpoint is a folder, published by rename like a file.
     assert (zero_dir / 'iter_6.pth').is_dir() and (zero_dir / 'last_checkpoint').read_text().endswith('iter_6.pth')
 
