@@ -15,7 +15,7 @@ setup(
     long_description=(Path(__file__).parent / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['xft', 'xft.*']),
-    package_data={'xft': ['data/*.json', 'data/*.md']},
+    package_data={'xft': ['data/*.json', 'data/*.md', 'engine/deepspeed/*.json']},
     python_requires='>=3.10',
     install_requires=read_requirements('runtime.txt'),
     extras_require={'test': read_requirements('test.txt')},

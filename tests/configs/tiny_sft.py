@@ -111,4 +111,5 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=42, deterministic=False)
-log_processor = dict(by_epoch=False)
+# window_size=1: each logged loss is that iteration's own, not a 10-iteration mean.
+log_processor = dict(by_epoch=False, window_size=1)

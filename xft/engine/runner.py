@@ -8,6 +8,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
 from xft.engine.faults import NonFiniteLossError
+from xft.engine.schedulers import drop_empty_schedulers
 from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLoss
 from xft.utils.errors import ConfigError
 
@@ -134,6 +135,7 @@ class TrainLoop(IterBasedTrainLoop):
                       logger='current')
             dataloader = runner_dataloader
         super().__init__(runner=runner, dataloader=dataloader, max_iters=max_iters, **kwargs)
+        drop_empty_schedulers(runner.param_schedulers, len(self.dataloader))
         self.nonfinite_loss = nonfinite_loss
         self.dataloader_iterator = _EndlessBatches(self.dataloader)
         self._guard = None
