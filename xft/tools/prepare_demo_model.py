@@ -134,7 +134,14 @@ def prepare_demo_model(cache_dir=None, log=print):
                                      dir=target.parent) as staging:
         staged = Path(staging) / DEMO_MODEL_DIRNAME
         convert_gguf(gguf_path, staged)
-        staged.rename(target)
+        try:
+            staged.rename(target)
+        except OSError:
+            # Another process (a second test worker) finished the same conversion first.
+            if not is_prepared(target):
+                raise
+            log(f'demo model prepared meanwhile by another process in {target}')
+            return target
     log(f'saved SmolLM2-135M-Instruct ({SAVED_DTYPE}, safetensors) '
         f'in {time.monotonic() - started:.0f} s')
     return target
