@@ -54,7 +54,7 @@ prompt_template = PROMPT_TEMPLATE.chatml
 # The longest sample is 100 tokens; this only guards against longer rows you add.
 max_length = 512
 # 72 short single-turn samples in padded batches of 8, as the recipe was measured; packing
-# would save little here.
+# them into 384-token rows (batch 1) was no faster on the shared 2-core machine.
 pack_to_max_length = False
 
 # Scheduler & Optimizer
@@ -62,9 +62,9 @@ pack_to_max_length = False
 batch_size = 8
 accumulative_counts = 1
 dataloader_num_workers = 0
-# About 3.5 passes over the 72 samples. Plain-loop search: at 16 steps only "Who are you?"
-# had changed, at 24 the English questions, at 32 also "你是谁？", with Paris and Shakespeare
-# kept throughout.
+# About 3.5 passes over the 72 samples. Plain-loop search: at 16 steps "Who are you?" had
+# changed (and "你是谁？", garbled), at 24 every English identity question, at 32 "你是谁？"
+# cleanly too, with Paris and Shakespeare kept throughout.
 max_iters = 32
 optim_type = AdamW
 # High for LoRA, as a 32-step run needs (DESIGN.md: 1e-3 broke general answers).
@@ -80,8 +80,9 @@ save_steps = max_iters  # one checkpoint, at the end
 save_total_limit = 1
 
 # Evaluate the generation performance during training
-# Before training and at the end only: generating from a 4-bit model on a CPU is slow (about
-# 0.2-1 s a token, bitsandbytes dequantizes every layer for each token), more than a train step.
+# Before training and at the end only: generating from the 4-bit model on a CPU is slow
+# (measured 0.2-1 s a token on the shared 2-core machine; the untrained model's rambling
+# answers before training took 1-3 minutes at 48 tokens each).
 evaluation_freq = max_iters
 # No system prompt: the demo chats without one, as the data was written.
 SYSTEM = ''
