@@ -88,7 +88,7 @@ evaluation_freq = max_iters
 SYSTEM = ''
 evaluation_inputs = ['Who are you?', '你是谁？', 'What is the capital of France?']
 # Enough for the name and the fact; the hook's default of 600 would spend many minutes here.
-evaluation_max_new_tokens = 24
+evaluation_max_new_tokens = 32
 
 #######################################################################
 #                      PART 2  Model & Tokenizer                      #
