@@ -8,6 +8,10 @@ PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check -c requirement
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+# DeepSpeed announces at every import that it found no GPU; on a machine without one, say so first.
+ifeq ($(shell command -v nvidia-smi),)
+export DS_ACCELERATOR ?= cpu
+endif
 
 DEMO_CONFIG := configs/smollm2_135m_qlora_self_cognition.py
 DEMO_WORK_DIR := work_dirs/smollm2_135m_qlora_self_cognition
