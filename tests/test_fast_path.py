@@ -7,7 +7,8 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 
 from xft.model.fast_path import apply_fast_path, causal_lm_loss
-from xft.model.kernels import FusedLoRALinear, FusedRMSNorm, FusedRoPEAttention, FusedSwiGLUMLP
+from xft.model.kernels import (FusedLoRALinear, FusedLoRAMLP, FusedRMSNorm, FusedRoPEAttention,
+                               FusedSwiGLUMLP)
 from xft.model.loss import linear_cross_entropy
 from xft.utils.constants import IGNORE_INDEX
 
@@ -45,7 +46,9 @@ def test_loss_and_lora_grads_match_the_plain_path(tiny_llama_dir):
     state = apply_fast_path(fast)
     n_layers = fast.config.num_hidden_layers
     assert len(state.lora) == 7 * n_layers
-    assert len(state.norms) == 2 * n_layers + 1 and len(state.mlps) == n_layers
+    assert len(state.norms) == 2 * n_layers + 1
+    # LoRA on all three projections, no dropout: every MLP is the lean fused one.
+    assert len(state.lora_mlps) == n_layers and not state.mlps
     assert len(state.attention) == n_layers
     assert state.checkpointed_layers == n_layers
     assert [n for n, p in fast.named_parameters() if p.requires_grad] == trainable_before
@@ -65,7 +68,7 @@ def test_loss_and_lora_grads_match_the_plain_path(tiny_llama_dir):
 def test_restore_gives_back_peft_layers(tiny_llama_dir):
     model = lora_llama(tiny_llama_dir)
     state = apply_fast_path(model)
-    fused = (FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP, FusedRoPEAttention)
+    fused = (FusedLoRALinear, FusedRMSNorm, FusedSwiGLUMLP, FusedRoPEAttention, FusedLoRAMLP)
     assert any(isinstance(m, fused) for m in model.modules())
     state.restore(model)
     assert not any(isinstance(m, fused) for m in model.modules())
@@ -96,6 +99,7 @@ def test_qlora_4bit_trains_on_cpu(tiny_llama_dir):
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
     state = apply_fast_path(model)
     assert len(state.lora) == 7 * model.config.num_hidden_layers
+    assert len(state.lora_mlps) == model.config.num_hidden_layers
     model.train()
     ids, labels = batch(model.config.vocab_size)
     loss, _ = causal_lm_loss(model, ids, labels)

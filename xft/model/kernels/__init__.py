@@ -6,13 +6,16 @@ runs on the CPU test machines. `swap_modules` applies a module to one model inst
 from .backend import use_triton
 from .checkpoint import LayerCheckpointer
 from .lora_linear import FusedLoRALinear, lora_linear
+from .lora_mlp import FusedLoRAMLP, lora_mlp
 from .rms_norm import FusedRMSNorm, rms_norm, rms_norm_reference
 from .rope import FusedRoPEAttention, rope, rope_reference
 from .swap import restore_modules, swap_modules
-from .swiglu import FusedSwiGLUMLP, swiglu, swiglu_reference
+from .swiglu import (FusedSwiGLUMLP, swiglu, swiglu_packed, swiglu_packed_backward_,
+                     swiglu_reference)
 
 __all__ = [
-    'use_triton', 'LayerCheckpointer', 'FusedLoRALinear', 'lora_linear', 'FusedRMSNorm',
-    'rms_norm', 'rms_norm_reference', 'FusedRoPEAttention', 'rope', 'rope_reference', 'restore_modules', 'swap_modules', 'FusedSwiGLUMLP',
-    'swiglu', 'swiglu_reference'
+    'use_triton', 'LayerCheckpointer', 'FusedLoRALinear', 'lora_linear', 'FusedLoRAMLP',
+    'lora_mlp', 'FusedRMSNorm', 'rms_norm', 'rms_norm_reference', 'FusedRoPEAttention', 'rope',
+    'rope_reference', 'restore_modules', 'swap_modules', 'FusedSwiGLUMLP', 'swiglu',
+    'swiglu_packed', 'swiglu_packed_backward_', 'swiglu_reference'
 ]

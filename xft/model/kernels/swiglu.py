@@ -51,7 +51,41 @@ if triton is not None:
         tl.store(DG + offs, (dy * u * dsilu).to(DG.dtype.element_ty), mask=mask)
 
 
+    # The packed variants read gate and up from one (tokens, 2 * ffn) buffer laid out as
+    # [gate | up] per row, so a fused LoRA MLP can fill both projections into one
+    # allocation and later overwrite it with their grads (`xft.model.kernels.lora_mlp`).
+    # One program handles BLOCK columns of one row; rows go on grid axis 0, whose limit
+    # (2^31 - 1) long sequences can't reach, unlike axis 1's 65535.
+    @triton.jit
+    def _swiglu_packed_fwd(GU, Y, n_cols, stride_gu, stride_y, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        g_ptr = GU + row * stride_gu + cols
+        g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(g_ptr + n_cols, mask=mask, other=0.0).to(tl.float32)
+        y = g * tl.sigmoid(g) * u
+        tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _swiglu_packed_bwd_inplace(DY, GU, n_cols, stride_dy, stride_gu, BLOCK: tl.constexpr):
+        # Each element is loaded before its own slot is overwritten and no program touches
+        # another's slots, so writing the grads over gate and up in place is safe.
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        g_ptr = GU + row * stride_gu + cols
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(g_ptr + n_cols, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(g)
+        dsilu = sig * (1.0 + g * (1.0 - sig))
+        tl.store(g_ptr, (dy * u * dsilu).to(GU.dtype.element_ty), mask=mask)
+        tl.store(g_ptr + n_cols, (dy * g * sig).to(GU.dtype.element_ty), mask=mask)
+
+
 _BLOCK = 2048
+_PACKED_BLOCK = 1024
 
 
 class _SwiGLUFn(torch.autograd.Function):
@@ -87,6 +121,61 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if use_triton(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype:
         return _SwiGLUFn.apply(gate, up)
     return swiglu_reference(gate, up)
+
+
+def _check_packed(gu: torch.Tensor) -> int:
+    if gu.dim() != 2 or gu.shape[1] % 2 or gu.stride(1) != 1:
+        raise ValueError(f'expected a (tokens, 2 * ffn) buffer with unit column stride, got '
+                         f'shape {tuple(gu.shape)} strides {gu.stride()}')
+    return gu.shape[1] // 2
+
+
+def swiglu_packed(gu: torch.Tensor) -> torch.Tensor:
+    """`silu(gate) * up` for `gu = [gate | up]` (tokens x 2 ffn); returns tokens x ffn.
+
+    No autograd: it serves autograd functions that handle the backward themselves.
+
+    >>> gu = torch.tensor([[0.0, 1.0, 2.0, 2.0]])
+    >>> swiglu_packed(gu)
+    tensor([[0.0000, 1.4621]])
+    """
+    ff = _check_packed(gu)
+    if not use_triton(gu):
+        return swiglu_reference(gu[:, :ff], gu[:, ff:])
+    y = gu.new_empty(gu.shape[0], ff)
+    grid = (gu.shape[0], triton.cdiv(ff, _PACKED_BLOCK))
+    _swiglu_packed_fwd[grid](gu, y, ff, gu.stride(0), y.stride(0), BLOCK=_PACKED_BLOCK,
+                             num_warps=4)
+    return y
+
+
+def swiglu_packed_backward_(dy: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
+    """Overwrite `gu = [gate | up]` with `[d gate | d up]` given `dy`, the grad of
+    `silu(gate) * up`; returns `gu`. Reusing the buffer saves two tokens x ffn allocations.
+
+    >>> gu = torch.tensor([[0.0, 1.0, 2.0, 2.0]])
+    >>> swiglu_packed_backward_(torch.ones(1, 2), gu)
+    tensor([[1.0000, 1.8553, 0.0000, 0.7311]])
+    """
+    ff = _check_packed(gu)
+    if dy.shape != (gu.shape[0], ff) or dy.stride(1) != 1:
+        raise ValueError(f'dy of shape {tuple(dy.shape)} does not fit gu {tuple(gu.shape)}')
+    if use_triton(dy, gu):
+        grid = (gu.shape[0], triton.cdiv(ff, _PACKED_BLOCK))
+        _swiglu_packed_bwd_inplace[grid](dy, gu, ff, dy.stride(0), gu.stride(0),
+                                         BLOCK=_PACKED_BLOCK, num_warps=4)
+    else:
+        # The reference computes in fp32 like the kernel, then writes over the buffer.
+        gate, up = gu[:, :ff], gu[:, ff:]
+        g, u, d = gate.float(), up.float(), dy.float()
+        sig = torch.sigmoid(g)
+        d_up = d * g * sig
+        gate.copy_(d * u * sig * (1.0 + g * (1.0 - sig)))
+        up.copy_(d_up)
+    # Triton's writes are invisible to autograd; bump the version counter so a second use
+    # of a saved `gu` (say, backward with retain_graph) fails loudly instead of reading grads.
+    torch.autograd.graph.increment_version(gu)
+    return gu
 
 
 class FusedSwiGLUMLP(nn.Module):

@@ -1,0 +1,207 @@
+"""A Llama-style MLP whose three projections carry LoRA, `down(silu(gate(x)) * up(x))`, as
+one autograd function that keeps little for backward.
+
+With one autograd node per projection (`FusedLoRALinear`) and a fused activation
+(`FusedSwiGLUMLP`), backward holds gate, up and `h = silu(gate) * up` (down's input), then
+allocates d gate and d up while they live: about 5 x tokens x ffn at the peak, the largest
+moment of a checkpointed decoder layer's backward. Here:
+
+- forward writes gate and up into one (tokens, 2 ffn) buffer `gu = [gate | up]` and keeps
+  only it, the MLP input `x`, the rank-sized `x A^T` products and compute-dtype copies of
+  the adapters; `h` is dropped after the down projection;
+- backward recomputes `h` from `gu` just for down's A grad and frees it before `dh` exists,
+  then writes d gate and d up over `gu` in place (`swiglu_packed_backward_`).
+
+Saved: 2 x tokens x ffn instead of 3; backward peak about 3 x tokens x ffn instead of 5.
+For a bitsandbytes 4-bit base each weight is dequantized once in forward and once in
+backward, one at a time, as `FusedLoRALinear` does.
+
+Adapter dropout is not supported (`from_module` returns None and the per-layer path stays):
+down's dropped input `dropout(h)` would have to be kept or its mask saved, a tokens x ffn
+tensor, which is what this function exists to avoid.
+
+Everything stays on the device with no host syncs or branches on tensor values, so a step
+using it can be captured in a CUDA graph (after a warm-up, which also settles the one-time
+check of the direct 4-bit dequantization).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .lora_linear import FusedLoRALinear, _dropout_p, dense_weight
+from .swiglu import SILU_TYPES, swiglu_packed, swiglu_packed_backward_
+
+_PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # Under autocast compute in its dtype, as the plain linear layers would.
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+class _LoRAMLPFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, a_gate, b_gate, a_up, b_up, a_down, b_down, bases, scalings):
+        base_gate, base_up, base_down = bases
+        s_gate, s_up, s_down = scalings
+        dtype = _compute_dtype(x)
+        ff = b_gate.shape[0]
+        r_gate = a_gate.shape[0]
+        # Autocast is switched off inside so the in-place matmul-adds see one dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            gu = x2.new_empty(x2.shape[0], 2 * ff)
+            gate, up = gu[:, :ff], gu[:, ff:]
+            # One dense weight at a time (a 4-bit base dequantizes into a temporary), each
+            # matmul writing straight into its column half of `gu`.
+            torch.mm(x2, dense_weight(base_gate, dtype).t(), out=gate)
+            torch.mm(x2, dense_weight(base_up, dtype).t(), out=up)
+            # Both adapters' down-projections in one matmul: x [A_gate; A_up]^T.
+            a_gu = torch.cat([a_gate, a_up]).to(dtype)
+            xa_gu = x2 @ a_gu.t()
+            b_gate2, b_up2 = b_gate.to(dtype), b_up.to(dtype)
+            gate.addmm_(xa_gu[:, :r_gate], b_gate2.t(), alpha=s_gate)
+            up.addmm_(xa_gu[:, r_gate:], b_up2.t(), alpha=s_up)
+            h = swiglu_packed(gu)
+            a_down2, b_down2 = a_down.to(dtype), b_down.to(dtype)
+            out = torch.mm(h, dense_weight(base_down, dtype).t())
+            xa_down = h @ a_down2.t()
+            out.addmm_(xa_down, b_down2.t(), alpha=s_down)
+            del h  # not saved: backward recomputes it from gu
+        # x2 is a view of x when x is already in the compute dtype (the caller keeps x
+        # anyway); the adapters' compute-dtype copies are a few MB and spare backward a cast.
+        ctx.save_for_backward(x2, gu, xa_gu, xa_down, a_gu, b_gate2, b_up2, a_down2, b_down2)
+        ctx.bases = bases
+        ctx.scalings = scalings
+        ctx.r_gate = r_gate
+        ctx.param_dtypes = tuple(p.dtype for p in (a_gate, b_gate, a_up, b_up, a_down, b_down))
+        ctx.x_shape = x.shape
+        ctx.x_dtype = x.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, gu, xa_gu, xa_down, a_gu, b_gate, b_up, a_down, b_down = ctx.saved_tensors
+        base_gate, base_up, base_down = ctx.bases
+        s_gate, s_up, s_down = ctx.scalings
+        r = ctx.r_gate
+        need = ctx.needs_input_grad
+        dtypes = ctx.param_dtypes
+        dtype = gu.dtype
+        ff = gu.shape[1] // 2
+        dx = da_gate = db_gate = da_up = db_up = da_down = db_down = None
+        with torch.autocast(dy.device.type, enabled=False):
+            dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+            # Down projection. h is rebuilt only for its A grad and freed before dh is
+            # allocated, so at most one tokens x ffn tensor sits beside gu.
+            dy_b = dy2 @ b_down  # tokens x r
+            if need[5]:
+                h = swiglu_packed(gu)
+                da_down = (dy_b.t() @ h).to(dtypes[4]).mul_(s_down)
+                del h
+            if need[6]:
+                db_down = (dy2.t() @ xa_down).to(dtypes[5]).mul_(s_down)
+            dh = torch.mm(dy2, dense_weight(base_down, dtype))
+            dh.addmm_(dy_b, a_down, alpha=s_down)
+            del dy2, dy_b
+            # SwiGLU: gu becomes [d gate | d up].
+            dgu = swiglu_packed_backward_(dh, gu)
+            del dh
+            dgate, dup = dgu[:, :ff], dgu[:, ff:]
+            dgate_b = dgate @ b_gate
+            dup_b = dup @ b_up
+            if need[1]:
+                da_gate = (dgate_b.t() @ x2).to(dtypes[0]).mul_(s_gate)
+            if need[2]:
+                db_gate = (dgate.t() @ xa_gu[:, :r]).to(dtypes[1]).mul_(s_gate)
+            if need[3]:
+                da_up = (dup_b.t() @ x2).to(dtypes[2]).mul_(s_up)
+            if need[4]:
+                db_up = (dup.t() @ xa_gu[:, r:]).to(dtypes[3]).mul_(s_up)
+            if need[0]:
+                dx = torch.mm(dgate, dense_weight(base_gate, dtype))
+                dx.addmm_(dup, dense_weight(base_up, dtype))
+                dx.addmm_(dgate_b, a_gu[:r], alpha=s_gate)
+                dx.addmm_(dup_b, a_gu[r:], alpha=s_up)
+                dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        return dx, da_gate, db_gate, da_up, db_up, da_down, db_down, None, None
+
+
+def lora_mlp(x: torch.Tensor, adapters: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+             bases: Sequence[nn.Module], scalings: Sequence[float]) -> torch.Tensor:
+    """`down(silu(gate(x)) * up(x))` where each projection is `base(x) + s * x A^T B^T`.
+
+    `adapters`, `bases` and `scalings` list gate, up and down in that order; `adapters`
+    holds `(A, B)` pairs. Bases are bias-free frozen linear layers (plain or 4-bit).
+
+    >>> from torch.nn import functional as F
+    >>> lin = [nn.Linear(4, 6, bias=False), nn.Linear(4, 6, bias=False),
+    ...        nn.Linear(6, 4, bias=False)]
+    >>> ab = [(torch.randn(2, 4), torch.randn(6, 2)), (torch.randn(3, 4), torch.randn(6, 3)),
+    ...       (torch.randn(2, 6), torch.randn(4, 2))]
+    >>> proj = lambda i, t: lin[i](t) + 0.5 * t @ ab[i][0].T @ ab[i][1].T
+    >>> x = torch.randn(5, 4)
+    >>> ref = proj(2, F.silu(proj(0, x)) * proj(1, x))
+    >>> torch.allclose(lora_mlp(x, ab, lin, (0.5, 0.5, 0.5)), ref, atol=1e-5)
+    True
+    """
+    (a_g, b_g), (a_u, b_u), (a_d, b_d) = adapters
+    return _LoRAMLPFn.apply(x, a_g, b_g, a_u, b_u, a_d, b_d, tuple(bases),
+                            tuple(float(s) for s in scalings))
+
+
+class FusedLoRAMLP(nn.Module):
+    """Replaces a SiLU-gated MLP whose gate, up and down projections are peft LoRA layers.
+
+    It holds the original `gate_proj`, `up_proj` and `down_proj` (peft layers, or the
+    `FusedLoRALinear` the LoRA swap later puts in their place: both expose `base_layer`,
+    `lora_A` and `lora_B`), so state dict keys are unchanged. `from_module` returns None
+    unless all three are layers `FusedLoRALinear` takes, sharing one active adapter, with no
+    adapter dropout and bias-free bases; the caller then keeps `FusedSwiGLUMLP`.
+    """
+
+    def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module,
+                 adapter: str):
+        super().__init__()
+        self.gate_proj = gate_proj
+        self.up_proj = up_proj
+        self.down_proj = down_proj
+        self.adapter = adapter
+        # Read once, as FusedLoRALinear does: a Python float per projection.
+        self.scalings = tuple(float(p.scaling[adapter]) for p in (gate_proj, up_proj, down_proj))
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> Optional['FusedLoRAMLP']:
+        if not isinstance(getattr(module, 'act_fn', None), SILU_TYPES):
+            return None
+        layers = [getattr(module, name, None) for name in _PROJECTIONS]
+        if any(layer is None or FusedLoRALinear.from_module(layer) is None for layer in layers):
+            return None
+        adapters = {layer.active_adapters[0] for layer in layers}
+        if len(adapters) != 1:
+            return None
+        adapter = adapters.pop()
+        for layer in layers:
+            if _dropout_p(layer.lora_dropout[adapter]) != 0.0:
+                return None
+            if layer.base_layer.bias is not None:
+                return None
+        gate, up, down = layers
+        if not (gate.in_features == up.in_features == down.out_features
+                and gate.out_features == up.out_features == down.in_features):
+            return None
+        return cls(gate, up, down, adapter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = (self.gate_proj, self.up_proj, self.down_proj)
+        adapters = [(p.lora_A[self.adapter].weight, p.lora_B[self.adapter].weight)
+                    for p in layers]
+        return lora_mlp(x, adapters, [p.base_layer for p in layers], self.scalings)
+
+    def extra_repr(self) -> str:
+        return f'adapter={self.adapter!r}, scalings={self.scalings}'
