@@ -15,10 +15,12 @@ _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 def adapt_optim_wrapper(cfg) -> None:
     """XTuner configs ask for ``AmpOptimWrapper`` (fp16/bf16 mixed precision on CUDA).
 
-    mmengine's AmpOptimWrapper refuses the CPU, so without CUDA we train with the plain
-    ``OptimWrapper`` in the model's own dtype, and say so in the log.
+    On CUDA, torch's Adam/AdamW become fused (`use_fused_adam`). mmengine's AmpOptimWrapper
+    refuses the CPU, so without CUDA we train with the plain ``OptimWrapper`` in the model's
+    own dtype, and say so in the log.
     """
     if torch.cuda.is_available():
+        use_fused_adam(cfg)
         return
     wrapper = cfg.get('optim_wrapper')
     if not wrapper:
@@ -33,6 +35,33 @@ def adapt_optim_wrapper(cfg) -> None:
         wrapper.pop(key, None)
     print_log('No CUDA device: AmpOptimWrapper replaced by OptimWrapper (no mixed precision on CPU)',
               logger='current')
+
+
+_FUSABLE_OPTIMIZERS = ('Adam', 'AdamW')
+
+
+def use_fused_adam(cfg) -> None:
+    """Ask torch's Adam/AdamW for its fused CUDA kernel unless the config chose an implementation.
+
+    The default (foreach) implementation allocates temporaries the size of all trainable
+    weights during the step (about 0.6 GiB for LoRA r=64 on a 7B model, which is where a
+    short-row QLoRA step peaks) and launches a kernel per operation; the fused kernel does
+    the same arithmetic in one pass. Optimizer state dicts are the same either way.
+
+    >>> cfg = {'optim_wrapper': {'optimizer': {'type': 'AdamW', 'lr': 2e-4}}}
+    >>> use_fused_adam(cfg); cfg['optim_wrapper']['optimizer']['fused']
+    True
+    """
+    optimizer = (cfg.get('optim_wrapper') or {}).get('optimizer')
+    if not isinstance(optimizer, dict) or 'fused' in optimizer or 'foreach' in optimizer:
+        return
+    kind = optimizer.get('type')
+    if isinstance(kind, str):
+        fusable = kind.split('.')[-1] in _FUSABLE_OPTIMIZERS
+    else:
+        fusable = kind in (torch.optim.Adam, torch.optim.AdamW)
+    if fusable:
+        optimizer['fused'] = True
 
 
 def slurm_environment(environ=os.environ, hostnames=None) -> dict:

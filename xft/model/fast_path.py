@@ -26,13 +26,14 @@ What it does, each step safe on CPU (torch fallbacks where Triton/CUDA are missi
 """
 import dataclasses
 import importlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .kernels import (FusedLoRALinear, FusedLoRAMLP, FusedRMSNorm, FusedRoPEAttention,
                       FusedSwiGLUMLP, LayerCheckpointer, restore_modules, swap_modules)
+from .kernels.graphs import GraphFamily, LayerGraphs
 from .kernels.swap import Replaced
 from .loss import DEFAULT_CHUNK_TOKENS, linear_cross_entropy
 
@@ -72,6 +73,7 @@ class FastPathState:
     mlps: Replaced = dataclasses.field(default_factory=list)
     lora_mlps: Replaced = dataclasses.field(default_factory=list)
     checkpointed_layers: int = 0
+    graphs: Optional[GraphFamily] = None
     recast_params: List[str] = dataclasses.field(default_factory=list)
 
     def restore(self, llm: nn.Module) -> None:
@@ -86,7 +88,8 @@ class FastPathState:
         return (f'fast path: {len(self.lora)} LoRA layers fused, {len(self.norms)} RMSNorms, '
                 f'{len(self.attention)} attentions (RoPE), '
                 f'{len(self.mlps)} MLPs, {len(self.lora_mlps)} LoRA MLPs, '
-                f'{self.checkpointed_layers} checkpointed layers, '
+                f'{self.checkpointed_layers} checkpointed layers'
+                f'{" (CUDA graphs)" if self.graphs is not None else ""}, '
                 f'{len(self.recast_params)} frozen params recast to the compute dtype')
 
 
@@ -117,8 +120,12 @@ def keep_frozen_params_in(llm: nn.Module, dtype: torch.dtype) -> List[str]:
 
 
 def enable_layer_checkpointing(llm: nn.Module, offload: bool = False,
-                               max_host_gib: Optional[float] = None) -> int:
+                               max_host_gib: Optional[float] = None,
+                               graphs: Optional[GraphFamily] = None) -> int:
     """Checkpoint every decoder layer with `LayerCheckpointer`; returns how many.
+
+    With `graphs`, each layer's passes replay as CUDA graphs where they can
+    (`xft.model.kernels.graphs`), the eager checkpointer elsewhere.
 
     Uses transformers' own per-layer switch (`gradient_checkpointing` and
     `_gradient_checkpointing_func` on each `GradientCheckpointingLayer` instance). Models
@@ -130,7 +137,8 @@ def enable_layer_checkpointing(llm: nn.Module, offload: bool = False,
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.gradient_checkpointing = True
-        layer._gradient_checkpointing_func = checkpointer
+        layer._gradient_checkpointing_func = (checkpointer if graphs is None else
+                                              LayerGraphs(checkpointer, layer, graphs))
     if not layers:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -152,12 +160,14 @@ def apply_fast_path(llm: nn.Module,
                     offload_checkpoints: bool = False,
                     offload_max_host_gib: Optional[float] = None,
                     fused_lora: bool = True,
-                    fused_kernels: bool = True) -> FastPathState:
+                    fused_kernels: bool = True,
+                    cuda_graphs: Union[bool, GraphFamily] = False) -> FastPathState:
     """Prepare `llm` (a transformers causal LM, optionally peft-wrapped) for fast training.
 
     Call it after `get_peft_model` and before building the optimizer; do not call
     `prepare_model_for_kbit_training`. The model must be in training mode when stepping
-    (`llm.train()`), as for any checkpointed transformers model.
+    (`llm.train()`), as for any checkpointed transformers model. `cuda_graphs` (True or a
+    `GraphFamily`) records checkpointed layers as CUDA graphs where that is exact.
 
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
@@ -169,8 +179,10 @@ def apply_fast_path(llm: nn.Module,
     state = FastPathState()
     state.recast_params = keep_frozen_params_in(llm, compute_dtype(llm))
     if gradient_checkpointing:
+        if cuda_graphs:
+            state.graphs = cuda_graphs if isinstance(cuda_graphs, GraphFamily) else GraphFamily()
         state.checkpointed_layers = enable_layer_checkpointing(llm, offload_checkpoints,
-                                                               offload_max_host_gib)
+                                                               offload_max_host_gib, state.graphs)
     if fused_lora and fused_kernels and _lora_types() and MLP_TYPES:
         # Before the LoRA swap, so from_module sees peft's layers and checks them itself;
         # the swap below then also replaces the layers inside, which FusedLoRAMLP accepts.

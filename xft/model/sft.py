@@ -46,11 +46,15 @@ class SupervisedFinetune(BaseModel):
         use_fast_path: fused LoRA/RMSNorm/SwiGLU/RoPE modules, per-layer checkpointing and a
             chunked loss that never forms the full fp32 logits (``xft.model.fast_path``).
             The loss and gradients equal the plain path's to float tolerance.
+        cuda_graphs: with the fast path on a GPU, replay each checkpointed layer's passes as
+            CUDA graphs where that is exact (no dropout, one process, rows of at most 4,096
+            tokens, where kernel launches rather than arithmetic bound the step);
+            ``xft.model.kernels.graphs`` says when they stay off.
     """
 
     def __init__(self, llm, lora=None, peft_model=None, use_activation_checkpointing=True,
                  use_varlen_attn=False, tokenizer=None, max_position_embeddings=None,
-                 use_fast_path=True, data_preprocessor=None, init_cfg=None):
+                 use_fast_path=True, cuda_graphs=True, data_preprocessor=None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if peft_model is not None:
             raise ConfigError('model.peft_model: loading a saved adapter to continue training is not supported; '
@@ -75,7 +79,8 @@ class SupervisedFinetune(BaseModel):
             # which is what lets a 256k-token QLoRA step fit (benchmarks/results/gpu_*).
             self.fast_path = apply_fast_path(
                 self.llm, gradient_checkpointing=use_activation_checkpointing,
-                offload_checkpoints=torch.cuda.is_available(), offload_max_host_gib=32)
+                offload_checkpoints=torch.cuda.is_available(), offload_max_host_gib=32,
+                cuda_graphs=cuda_graphs and torch.cuda.is_available())
             print_log(self.fast_path.summary(), logger='current')
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_weights)
         print_log(f'SupervisedFinetune: {"QLoRA" if quantized else "LoRA" if lora is not None else "full"} '
