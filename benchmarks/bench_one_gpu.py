@@ -20,10 +20,15 @@ Systems:
              gradient checkpointing, SDPA, torch AdamW.
   unsloth    `FastLanguageModel` with its own gradient checkpointing (skipped when not
              importable).
-  xft        `SupervisedFinetune` built from a config dict as `tools/train.py` builds it, with
-             mmengine's `AmpOptimWrapper` (bf16, grad clipping 1.0) and `model.train_step`.
-  xft_fast   the same plus `xft.model.fast_path.apply_fast_path` and the chunked loss
-             `causal_lm_loss` (for when SupervisedFinetune does not call them itself).
+  xft        `SupervisedFinetune` built from a config dict as `tools/train.py` builds it (its
+             defaults: the fast path, CUDA graphs, offloaded checkpoints), with mmengine's
+             `AmpOptimWrapper` (bf16, grad clipping 1.0) adapted by `adapt_optim_wrapper`
+             (fused AdamW) and `model.train_step`.
+  xft_nographs, xft_plain   ablations: the same without CUDA graphs / without the fast path.
+
+Peak memory: `peak_gib` is the larger of the warm-up's peak allocation and the timed steps'
+peak allocation plus the memory reserved by CUDA-graph pools (allocations inside a graph
+replay are not counted by `max_memory_allocated`, so the pool is added whole).
 """
 import argparse
 import datetime
@@ -149,24 +154,30 @@ def xft_model_cfg(model_dir, qlora):
                                    bias='none', task_type='CAUSAL_LM'))
 
 
-def build_xft(model_dir, qlora, max_len, fast=False):
+def build_xft(model_dir, qlora, max_len, **model_options):
+    """SupervisedFinetune and its optimizer wrapper built the way `tools/train.py` builds them:
+    the model from its config dict, the `optim_wrapper` section adapted to the machine by
+    `xft.engine.device.adapt_optim_wrapper` (fused AdamW on CUDA), then `model.train_step`."""
     import torch
     from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
     from torch.optim import AdamW
 
     import xft.model.sft as sft_module
+    from xft.engine.device import adapt_optim_wrapper
     from xft.model import SupervisedFinetune
-    cls = _fast_sft_class(SupervisedFinetune) if fast else SupervisedFinetune
     # mmengine builds `model = dict(type=SupervisedFinetune, ...)` by calling the type.
-    model = cls(**xft_model_cfg(model_dir, qlora))
+    model = SupervisedFinetune(**xft_model_cfg(model_dir, qlora), **model_options)
     model.cuda()
     model.train()
-    optim_wrapper = build_optim_wrapper(model, dict(
+    cfg = dict(optim_wrapper=dict(
         type=AmpOptimWrapper, dtype='bfloat16', clip_grad=dict(max_norm=1.0),
         optimizer=dict(type=AdamW, lr=2e-4, betas=(0.9, 0.999), weight_decay=0)))
-    print(f'xft: {sft_module.__file__}, fast={fast}', file=sys.stderr)
-    if fast:
-        print(model.fast_state.summary(), file=sys.stderr)
+    adapt_optim_wrapper(cfg)
+    optim_wrapper = build_optim_wrapper(model, cfg['optim_wrapper'])
+    print(f'xft: {sft_module.__file__}, options={model_options}, '
+          f'optimizer={cfg["optim_wrapper"]["optimizer"]}', file=sys.stderr)
+    if model.fast_path is not None:
+        print(model.fast_path.summary(), file=sys.stderr)
 
     def step(ids):
         # The collate function's batch shape: {'data': {...}, 'data_samples': None}.
@@ -174,41 +185,43 @@ def build_xft(model_dir, qlora, max_len, fast=False):
                                   optim_wrapper)
         return losses['loss']
 
+    step.model = model
     return step
-
-
-def _fast_sft_class(base):
-    """SupervisedFinetune + the fast path, as proposed for SupervisedFinetune itself."""
-    from xft.model.fast_path import apply_fast_path, causal_lm_loss
-
-    class FastPathSupervisedFinetune(base):
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.fast_state = apply_fast_path(
-                self.llm, offload_checkpoints=os.environ.get('XFT_BENCH_OFFLOAD', '1') == '1',
-                offload_max_host_gib=24,
-                fused_lora=os.environ.get('XFT_BENCH_FUSED_LORA', '1') == '1',
-                fused_kernels=os.environ.get('XFT_BENCH_KERNELS', '1') == '1')
-
-        def compute_loss(self, data):
-            loss, _ = causal_lm_loss(self.llm, data['input_ids'], data['labels'])
-            return {'loss': loss}
-
-    return FastPathSupervisedFinetune
 
 
 BUILDERS = {
     'baseline': build_baseline,
     'unsloth': build_unsloth,
-    'xft': build_xft,
-    'xft_fast': lambda d, q, m: build_xft(d, q, m, fast=True),
+    'xft': build_xft,  # what tools/train.py runs
+    # ablations of the same model: without CUDA graphs, without the whole fast path
+    'xft_nographs': lambda d, q, m: build_xft(d, q, m, cuda_graphs=False),
+    'xft_plain': lambda d, q, m: build_xft(d, q, m, use_fast_path=False),
 }
 
 
 def _direct_dequant_state():
     from xft.model.kernels.lora_linear import dequantize_4bit
     return dequantize_4bit.verified
+
+
+def graph_pool_bytes() -> int:
+    """Bytes reserved by CUDA-graph memory pools (any pool but the default one)."""
+    import torch
+    total = 0
+    for segment in torch.cuda.memory_snapshot():
+        pool = tuple(segment.get('segment_pool_id', (0, 0)) or (0, 0))
+        if pool != (0, 0):
+            total += segment['total_size']
+    return total
+
+
+def graph_report(step) -> dict:
+    """How many layer passes replayed as CUDA graphs so far, and the signatures that failed."""
+    fast = getattr(getattr(step, 'model', None), 'fast_path', None)
+    family = getattr(fast, 'graphs', None)
+    if family is None:
+        return {}
+    return dict(graph_replays=family.replays, graph_failed=len(family.failed))
 
 
 def measure(step, seq_len, warmup, steps, vocab):
@@ -221,19 +234,29 @@ def measure(step, seq_len, warmup, steps, vocab):
     for _ in range(warmup):
         losses.append(float(step(ids)))
     torch.cuda.synchronize()
+    warm_peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         loss = step(ids)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     losses.append(float(loss))
+    steady_peak = torch.cuda.max_memory_allocated()
+    pool = graph_pool_bytes()
+    peak = max(warm_peak, steady_peak + pool)
     return dict(tokens_per_s=round(seq_len * steps / elapsed, 1),
                 step_s=round(elapsed / steps, 4),
-                peak_gib=round(torch.cuda.max_memory_allocated() / GIB, 3),
-                first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4))
+                peak_gib=round(peak / GIB, 3),
+                warmup_peak_gib=round(warm_peak / GIB, 3),
+                steady_peak_gib=round(steady_peak / GIB, 3),
+                graph_pool_gib=round(pool / GIB, 3),
+                reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 3),
+                first_loss=round(losses[0], 4), last_loss=round(losses[-1], 4),
+                losses=[round(x, 4) for x in losses])
 
 
-def profile(step, seq_len, path):
+def profile(step, seq_len, path, title):
     """Kernel time table of two steps (torch.profiler), to see where a step's time goes."""
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -245,7 +268,8 @@ def profile(step, seq_len, path):
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by='self_cuda_time_total', row_limit=40,
                                       max_name_column_width=70)
-    path.write_text(table)
+    with path.open('a') as f:  # one file for all profiles: few files come back from a GPU run
+        f.write(f'===== {title} (two steps)\n{table}\n')
     print(table[:6000], flush=True)
 
 
@@ -302,10 +326,12 @@ def worker(args):
     result = None
     for seq_len in seqs:
         result = measure(step, seq_len, args.warmup, args.steps, LLAMA2_7B_SHAPE['vocab_size'])
+        result.update(graph_report(step))
         emit(dict(setting=f'{args.mode}_{seq_len}', seq_len=seq_len, load_s=round(load_s, 1),
                   warmup=args.warmup, steps=args.steps, **result))
         if seq_len in [int(s) for s in args.profile_seqs.split(',') if s]:
-            profile(step, seq_len, out.parent / f'profile_{args.worker}_{args.mode}_{seq_len}.txt')
+            profile(step, seq_len, out.parent / f'profiles_{out.stem}.txt',
+                    f'{args.worker} {args.mode} {seq_len}')
     if qlora and args.worker.startswith('xft'):
         emit(dict(setting='check', direct_nf4_dequantize_verified=_direct_dequant_state()))
     if lengths and result is not None:
@@ -373,7 +399,7 @@ def driver(args):
                    args.longest, '--longest-cap-s', str(args.longest_cap_s), '--longest-systems',
                    args.longest_systems, '--warmup',
                    str(args.warmup), '--steps', str(args.steps), '--profile-seqs',
-                   args.profile_seqs if system.startswith('xft') else '']
+                   args.profile_seqs if system == 'xft' else '']
             t1 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, env=env, timeout=args.worker_timeout_s,
@@ -397,7 +423,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--out', default=str(REPO / 'benchmarks' / 'results'))
     p.add_argument('--model-dir', default='/tmp/llama2_7b_random')
-    p.add_argument('--systems', default='baseline,unsloth,xft_fast')
+    p.add_argument('--systems', default='baseline,unsloth,xft')
     p.add_argument('--modes', default='qlora,lora')
     p.add_argument('--seqs', default='2048,8192')
     p.add_argument('--longest', default=LONGEST_DEFAULT)

@@ -133,8 +133,79 @@ def main():
                                                          ignore_index=-100), [h], None)
     got = grads_of(lambda a: linear_cross_entropy(a, w, labels, chunk_tokens=1024)[0], [h], None)
     check('linear_cross_entropy (loss, dh)', list(zip(got, ref)), 1e-2)
+    check_fast_path_models(dev)
     print('FAILED: ' + ', '.join(FAILED) if FAILED else 'all kernel checks passed')
     return 1 if FAILED else 0
+
+
+def check_fast_path_models(dev):
+    """A 4-layer Llama with LoRA (bf16 and NF4): the fast path with CUDA graphs trains like
+    the fast path without them and like the plain peft model (six AdamW steps under bf16
+    autocast, the layer inputs offloaded as SupervisedFinetune does on a GPU)."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    from xft.model.fast_path import apply_fast_path, causal_lm_loss
+    from xft.model.kernels.graphs import GraphFamily
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                      num_attention_heads=8, max_position_embeddings=1024)
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+    for quantized in (False, True):
+        runs = {}
+        for mode in ('plain', 'fast', 'graphs'):
+            extra = {}
+            if quantized:
+                extra['quantization_config'] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
+                                                         device_map={'': 0}, **extra)
+            torch.manual_seed(1)
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
+                                                     target_modules=targets))
+            for n, p in model.named_parameters():
+                if 'lora_B' in n:
+                    p.data.normal_(std=0.02)
+            family = None
+            if mode == 'plain':
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+            else:
+                family = GraphFamily() if mode == 'graphs' else None
+                apply_fast_path(model, offload_checkpoints=True, cuda_graphs=family or False)
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+            gen = torch.Generator(dev).manual_seed(5)
+            losses = []
+            for _ in range(6):
+                ids = torch.randint(0, 1000, (1, 512), device=dev, generator=gen)
+                with torch.autocast('cuda', dtype=torch.bfloat16):
+                    if mode == 'plain':
+                        loss = model(input_ids=ids, labels=ids).loss
+                    else:
+                        loss, _ = causal_lm_loss(model, ids, ids)
+                loss.backward()
+                grads = [p.grad.detach().clone() for p in params]
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.detach().float())
+            runs[mode] = (torch.stack(losses), grads, family.replays if family else None)
+            del model, opt
+            torch.cuda.empty_cache()
+        kind = 'nf4' if quantized else 'bf16'
+        print(f'    {kind} losses: ' + '; '.join(f'{m}=' + ','.join(f'{x:.4f}' for x in r[0].tolist())
+                                           for m, r in runs.items()) + f'; replays={runs["graphs"][2]}')
+        if not runs['graphs'][2]:
+            FAILED.append(f'graphs {kind}: no layer replayed')
+        check(f'fast path with graphs vs without, {kind} (losses, last grads)',
+              [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
+        check(f'fast path vs plain peft, {kind} (losses)', [(runs['fast'][0], runs['plain'][0])], 2e-2)
 
 
 if __name__ == '__main__':
