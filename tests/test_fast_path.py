@@ -50,6 +50,8 @@ def test_loss_and_lora_grads_match_the_plain_path(tiny_llama_dir):
     # LoRA on all three projections, no dropout: every MLP is the lean fused one.
     assert len(state.lora_mlps) == n_layers and not state.mlps
     assert len(state.attention) == n_layers
+    attentions = [m for m in fast.modules() if isinstance(m, FusedRoPEAttention)]
+    assert [m.qkv_adapter for m in attentions] == ['default'] * n_layers  # q/k/v fused too
     assert state.checkpointed_layers == n_layers
     assert [n for n, p in fast.named_parameters() if p.requires_grad] == trainable_before
     ids, labels = batch(fast.config.vocab_size)

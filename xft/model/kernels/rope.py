@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .backend import tl, triton, use_triton
+from .lora_projections import lora_parts, lora_projections
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +117,9 @@ class FusedRoPEAttention(nn.Module):
     Training forwards (no KV cache, a registered attention implementation such as sdpa or
     flash) run here; anything else (generation with a cache, eager attention) is handed to
     the original module, kept as an unregistered reference so state dict keys are unchanged.
+    When q, k and v are LoRA layers with one shared adapter and no dropout (peft's or
+    `FusedLoRALinear`), they run as one function (`lora_projections`): one `x A^T` product
+    and one input-grad buffer instead of three.
     """
 
     _COPIED = ('config', 'layer_idx', 'head_dim', 'num_key_value_groups', 'scaling',
@@ -128,6 +132,13 @@ class FusedRoPEAttention(nn.Module):
         for name in self._COPIED:
             setattr(self, name, getattr(original, name))
         object.__setattr__(self, '_original', original)
+        # Decided once, like FusedLoRALinear's own checks: the layers' Python-side settings
+        # don't change while training, and the forward then has no per-step branching.
+        parts = [lora_parts(getattr(original, n)) for n in ('q_proj', 'k_proj', 'v_proj')]
+        self.qkv_adapter = None
+        if all(parts) and len({adapter for adapter, _ in parts}) == 1:
+            self.qkv_adapter = parts[0][0]
+            self.qkv_scalings = tuple(scaling for _, scaling in parts)
 
     @classmethod
     def from_module(cls, module: nn.Module):
@@ -147,12 +158,22 @@ class FusedRoPEAttention(nn.Module):
         kwargs.pop('cache', None)
         kwargs.pop('past_key_values', None)
         batch, n_tokens = hidden_states.shape[:2]
-        q = self.q_proj(hidden_states).view(batch, n_tokens, -1, self.head_dim)
-        k = self.k_proj(hidden_states).view(batch, n_tokens, -1, self.head_dim)
-        v = self.v_proj(hidden_states).view(batch, n_tokens, -1, self.head_dim).transpose(1, 2)
+        q, k, v = self._qkv(hidden_states)
+        q = q.view(batch, n_tokens, -1, self.head_dim)
+        k = k.view(batch, n_tokens, -1, self.head_dim)
+        v = v.view(batch, n_tokens, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         out, weights = ALL_ATTENTION_FUNCTIONS[impl](
             self, rope(q, cos, sin), rope(k, cos, sin), v, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
             **kwargs)
         return self.o_proj(out.reshape(batch, n_tokens, -1).contiguous()), weights
+
+    def _qkv(self, hidden_states):
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        if self.qkv_adapter is None:
+            return tuple(layer(hidden_states) for layer in layers)
+        adapters = [(layer.lora_A[self.qkv_adapter].weight, layer.lora_B[self.qkv_adapter].weight)
+                    for layer in layers]
+        return lora_projections(hidden_states, adapters, [layer.base_layer for layer in layers],
+                                self.qkv_scalings)

@@ -1,0 +1,122 @@
+"""Several LoRA projections of one input (attention's q, k and v) as one autograd function.
+
+Three `FusedLoRALinear` calls on the same hidden states make three `x A^T` products and
+three input grads that autograd then sums. Here the adapters' `x A^T` products are one
+matmul against the stacked A's, and backward accumulates the input grad into one buffer
+with in-place matmul-adds.
+
+Each projection still gets its own output tensor, not a column block of one shared buffer:
+attention keeps v for its backward, and a view of a shared buffer would keep q and k's
+memory alive with it until then (3x v's size for multi-head attention), while separate
+outputs let q and k go as soon as RoPE has read them.
+
+Saved for backward, as for `FusedLoRALinear`: `x` (a view when already in the compute
+dtype), the rank-sized `x A^T` products and compute-dtype copies of the adapters. Bases
+are bias-free frozen linear layers, plain or bitsandbytes 4-bit (dequantized one at a time,
+in forward and again in backward). No adapter dropout: each projection would need its own
+dropped copy of `x`, which is what sharing one input is meant to avoid.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .lora_linear import FusedLoRALinear, _dropout_p, dense_weight
+
+
+def _offsets(sizes):
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + size)
+    return list(zip(starts[:-1], starts[1:]))
+
+
+class _LoRAProjectionsFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, bases, scalings, *adapters):
+        a_list, b_list = adapters[0::2], adapters[1::2]
+        device_type = x.device.type
+        dtype = (torch.get_autocast_dtype(device_type)
+                 if torch.is_autocast_enabled(device_type) else x.dtype)
+        ranks = _offsets([a.shape[0] for a in a_list])
+        # Autocast is switched off inside so the in-place matmul-adds see one dtype.
+        with torch.autocast(device_type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            outs = []
+            a_cat = torch.cat(a_list).to(dtype)
+            xa = x2 @ a_cat.t()  # every adapter's down-projection in one matmul
+            b_cast = [b.to(dtype) for b in b_list]
+            for base, s, b, (r0, r1) in zip(bases, scalings, b_cast, ranks):
+                out = torch.mm(x2, dense_weight(base, dtype).t())
+                out.addmm_(xa[:, r0:r1], b.t(), alpha=s)
+                outs.append(out.view(*x.shape[:-1], out.shape[-1]))
+        ctx.save_for_backward(x2, xa, a_cat, *b_cast)
+        ctx.bases, ctx.scalings, ctx.ranks = bases, scalings, ranks
+        ctx.param_dtypes = [p.dtype for p in adapters]
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        x2, xa, a_cat, *b_cast = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dtype = x2.dtype
+        dx = None
+        adapter_grads = []
+        with torch.autocast(x2.device.type, enabled=False):
+            for i, dy in enumerate(dys):
+                r0, r1 = ctx.ranks[i]
+                s = ctx.scalings[i]
+                dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+                dy_b = dy2 @ b_cast[i]  # tokens x r
+                da = db = None
+                if need[3 + 2 * i]:
+                    da = (dy_b.t() @ x2).to(ctx.param_dtypes[2 * i]).mul_(s)
+                if need[4 + 2 * i]:
+                    db = (dy2.t() @ xa[:, r0:r1]).to(ctx.param_dtypes[2 * i + 1]).mul_(s)
+                adapter_grads += [da, db]
+                if need[0]:
+                    weight = dense_weight(ctx.bases[i], dtype)
+                    if dx is None:
+                        dx = torch.mm(dy2, weight)
+                    else:
+                        dx.addmm_(dy2, weight)
+                    dx.addmm_(dy_b, a_cat[r0:r1], alpha=s)
+        if dx is not None:
+            dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        return (dx, None, None, *adapter_grads)
+
+
+def lora_projections(x: torch.Tensor, adapters: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+                     bases: Sequence[nn.Module],
+                     scalings: Sequence[float]) -> Tuple[torch.Tensor, ...]:
+    """`(base_i(x) + s_i * x A_i^T B_i^T for each i)`, sharing the adapters' first matmul.
+
+    >>> lin = [nn.Linear(4, 3, bias=False), nn.Linear(4, 2, bias=False)]
+    >>> ab = [(torch.randn(2, 4), torch.randn(3, 2)), (torch.randn(1, 4), torch.randn(2, 1))]
+    >>> x = torch.randn(5, 4)
+    >>> y = lora_projections(x, ab, lin, (0.5, 2.0))
+    >>> [tuple(t.shape) for t in y]
+    [(5, 3), (5, 2)]
+    >>> torch.allclose(y[1], lin[1](x) + 2.0 * x @ ab[1][0].T @ ab[1][1].T, atol=1e-5)
+    True
+    """
+    flat = [t for pair in adapters for t in pair]
+    return _LoRAProjectionsFn.apply(x, tuple(bases), tuple(float(s) for s in scalings), *flat)
+
+
+def lora_parts(layer: nn.Module) -> Optional[Tuple[str, float]]:
+    """`(adapter, scaling)` of a peft LoRA layer or `FusedLoRALinear` that these fused
+    functions compute exactly (what `FusedLoRALinear` takes, no dropout, no base bias);
+    None otherwise.
+
+    >>> lora_parts(nn.Linear(2, 2)) is None
+    True
+    """
+    fused = layer if isinstance(layer, FusedLoRALinear) else FusedLoRALinear.from_module(layer)
+    if fused is None or fused.base_layer.bias is not None:
+        return None
+    if _dropout_p(fused.lora_dropout[fused.adapter]) != 0.0:
+        return None
+    return fused.adapter, fused.scaling
