@@ -54,7 +54,8 @@ def test_matches_peft_forward_and_backward():
     ref_grads, fused_grads = grads(ref), grads(fused)
     assert set(ref_grads) == set(fused_grads) and len(ref_grads) == 4
     for name in ref_grads:
-        torch.testing.assert_close(fused_grads[name], ref_grads[name])
+        # fp32, but summed in another order than peft's (the low-rank term comes first).
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-5, atol=1e-5)
         assert fused_grads[name].dtype == torch.float32
     restore_modules(fused, replaced)
     assert not any(isinstance(m, FusedLoRALinear) for m in fused.modules())

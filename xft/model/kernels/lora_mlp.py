@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .lora_linear import FusedLoRALinear, _dropout_p, dense_weight
+from .lora_linear import FusedLoRALinear, _dropout_p, add_base_product, dense_weight
 from .swiglu import SILU_TYPES, swiglu_packed, swiglu_packed_backward_
 
 _PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
@@ -59,19 +59,21 @@ class _LoRAMLPFn(torch.autograd.Function):
             gate, up = gu[:, :ff], gu[:, ff:]
             # One dense weight at a time (a 4-bit base dequantizes into a temporary), each
             # matmul writing straight into its column half of `gu`.
-            torch.mm(x2, dense_weight(base_gate, dtype).t(), out=gate)
-            torch.mm(x2, dense_weight(base_up, dtype).t(), out=up)
             # Both adapters' down-projections in one matmul: x [A_gate; A_up]^T.
             a_gu = torch.cat([a_gate, a_up]).to(dtype)
             xa_gu = x2 @ a_gu.t()
             b_gate2, b_up2 = b_gate.to(dtype), b_up.to(dtype)
-            gate.addmm_(xa_gu[:, :r_gate], b_gate2.t(), alpha=s_gate)
-            up.addmm_(xa_gu[:, r_gate:], b_up2.t(), alpha=s_up)
+            # The low-rank terms first, the frozen weights' products added onto them
+            # (`add_base_product` says why).
+            torch.mm(xa_gu[:, :r_gate] * s_gate, b_gate2.t(), out=gate)
+            torch.mm(xa_gu[:, r_gate:] * s_up, b_up2.t(), out=up)
+            add_base_product(gate, x2, dense_weight(base_gate, dtype).t())
+            add_base_product(up, x2, dense_weight(base_up, dtype).t())
             h = swiglu_packed(gu)
             a_down2, b_down2 = a_down.to(dtype), b_down.to(dtype)
-            out = torch.mm(h, dense_weight(base_down, dtype).t())
             xa_down = h @ a_down2.t()
-            out.addmm_(xa_down, b_down2.t(), alpha=s_down)
+            out = add_base_product(torch.mm(xa_down * s_down, b_down2.t()), h,
+                                   dense_weight(base_down, dtype).t())
             del h  # not saved: backward recomputes it from gu
         # x2 is a view of x when x is already in the compute dtype (the caller keeps x
         # anyway); the adapters' compute-dtype copies are a few MB and spare backward a cast.
@@ -106,8 +108,8 @@ class _LoRAMLPFn(torch.autograd.Function):
                 del h
             if need[6]:
                 db_down = (dy2.t() @ xa_down).to(dtypes[5]).mul_(s_down)
-            dh = torch.mm(dy2, dense_weight(base_down, dtype))
-            dh.addmm_(dy_b, a_down, alpha=s_down)
+            dh = add_base_product(torch.mm(dy_b * s_down, a_down), dy2,
+                                  dense_weight(base_down, dtype))
             del dy2, dy_b
             # SwiGLU: gu becomes [d gate | d up].
             dgu = swiglu_packed_backward_(dh, gu)
@@ -124,10 +126,11 @@ class _LoRAMLPFn(torch.autograd.Function):
             if need[4]:
                 db_up = (dup.t() @ xa_gu[:, r:]).to(dtypes[3]).mul_(s_up)
             if need[0]:
-                dx = torch.mm(dgate, dense_weight(base_gate, dtype))
-                dx.addmm_(dup, dense_weight(base_up, dtype))
-                dx.addmm_(dgate_b, a_gu[:r], alpha=s_gate)
-                dx.addmm_(dup_b, a_gu[r:], alpha=s_up)
+                # Both adapters' input-grad terms in one matmul against [A_gate; A_up].
+                dgu_b = torch.cat([dgate_b * s_gate, dup_b * s_up], dim=1)
+                dx = torch.mm(dgu_b, a_gu)
+                add_base_product(dx, dgate, dense_weight(base_gate, dtype))
+                add_base_product(dx, dup, dense_weight(base_up, dtype))
                 dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
         return dx, da_gate, db_gate, da_up, db_up, da_down, db_down, None, None
 

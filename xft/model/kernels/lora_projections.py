@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .lora_linear import FusedLoRALinear, _dropout_p, dense_weight
+from .lora_linear import FusedLoRALinear, _dropout_p, add_base_product, dense_weight
 
 
 def _offsets(sizes):
@@ -48,8 +48,8 @@ class _LoRAProjectionsFn(torch.autograd.Function):
             xa = x2 @ a_cat.t()  # every adapter's down-projection in one matmul
             b_cast = [b.to(dtype) for b in b_list]
             for base, s, b, (r0, r1) in zip(bases, scalings, b_cast, ranks):
-                out = torch.mm(x2, dense_weight(base, dtype).t())
-                out.addmm_(xa[:, r0:r1], b.t(), alpha=s)
+                out = torch.mm(xa[:, r0:r1] * s, b.t())
+                out = add_base_product(out, x2, dense_weight(base, dtype).t())
                 outs.append(out.view(*x.shape[:-1], out.shape[-1]))
         ctx.save_for_backward(x2, xa, a_cat, *b_cast)
         ctx.bases, ctx.scalings, ctx.ranks = bases, scalings, ranks
@@ -65,24 +65,24 @@ class _LoRAProjectionsFn(torch.autograd.Function):
         dx = None
         adapter_grads = []
         with torch.autocast(x2.device.type, enabled=False):
-            for i, dy in enumerate(dys):
+            dys2 = [dy.reshape(-1, dy.shape[-1]).to(dtype) for dy in dys]
+            # Every adapter's tokens x r grad, scaled, side by side: their input-grad terms
+            # are then one matmul against [A_q; A_k; A_v], written before the frozen
+            # weights' products are added onto it (`add_base_product`).
+            dy_b = torch.cat([(dy2 @ b).mul_(s) for dy2, b, s in zip(dys2, b_cast, ctx.scalings)],
+                             dim=1)
+            for i, dy2 in enumerate(dys2):
                 r0, r1 = ctx.ranks[i]
-                s = ctx.scalings[i]
-                dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-                dy_b = dy2 @ b_cast[i]  # tokens x r
                 da = db = None
                 if need[3 + 2 * i]:
-                    da = (dy_b.t() @ x2).to(ctx.param_dtypes[2 * i]).mul_(s)
+                    da = (dy_b[:, r0:r1].t() @ x2).to(ctx.param_dtypes[2 * i])
                 if need[4 + 2 * i]:
-                    db = (dy2.t() @ xa[:, r0:r1]).to(ctx.param_dtypes[2 * i + 1]).mul_(s)
+                    db = (dy2.t() @ xa[:, r0:r1]).to(ctx.param_dtypes[2 * i + 1]).mul_(ctx.scalings[i])
                 adapter_grads += [da, db]
-                if need[0]:
-                    weight = dense_weight(ctx.bases[i], dtype)
-                    if dx is None:
-                        dx = torch.mm(dy2, weight)
-                    else:
-                        dx.addmm_(dy2, weight)
-                    dx.addmm_(dy_b, a_cat[r0:r1], alpha=s)
+            if need[0]:
+                dx = torch.mm(dy_b, a_cat)
+                for i, dy2 in enumerate(dys2):
+                    dx = add_base_product(dx, dy2, dense_weight(ctx.bases[i], dtype))
         if dx is not None:
             dx = dx.view(ctx.x_shape).to(ctx.x_dtype)
         return (dx, None, None, *adapter_grads)
