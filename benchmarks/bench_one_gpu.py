@@ -224,6 +224,15 @@ def graph_report(step) -> dict:
     return dict(graph_replays=family.replays, graph_failed=len(family.failed))
 
 
+def release_graphs(step) -> None:
+    import torch
+    family = getattr(getattr(getattr(step, 'model', None), 'fast_path', None), 'graphs', None)
+    if family is not None:
+        family.release()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def measure(step, seq_len, warmup, steps, vocab):
     import torch
     torch.manual_seed(seq_len)
@@ -327,6 +336,7 @@ def worker(args):
     for seq_len in seqs:
         result = measure(step, seq_len, args.warmup, args.steps, LLAMA2_7B_SHAPE['vocab_size'])
         result.update(graph_report(step))
+        release_graphs(step)  # a training run has one row length: the next starts afresh
         emit(dict(setting=f'{args.mode}_{seq_len}', seq_len=seq_len, load_s=round(load_s, 1),
                   warmup=args.warmup, steps=args.steps, **result))
         if seq_len in [int(s) for s in args.profile_seqs.split(',') if s]:

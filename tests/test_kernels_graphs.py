@@ -117,3 +117,19 @@ def test_kwargs_flatten_and_rebuild():
     assert rebuilt['cache'] is None and rebuilt['use_cache'] is False
     assert flatten_kwargs({'cache': object()}) is None
     assert flatten_kwargs({'x': torch.zeros(2)})[1] != flatten_kwargs({'x': torch.zeros(3)})[1]
+
+
+def test_release_drops_the_graphs_and_records_again(tiny_llama_dir):
+    model = lora_llama(tiny_llama_dir)
+    family = GraphFamily(warmup=1, graph_type=EagerReplay, force=True)
+    apply_fast_path(model, cuda_graphs=family)
+    ids = torch.randint(0, model.config.vocab_size, (1, 10))
+    for _ in range(2):
+        causal_lm_loss(model, ids, ids)[0].backward()
+    assert family.replays == 4 and family.signatures
+    family.release()
+    assert not family.signatures and not any(m.forward_graphs for m in family.members)
+    causal_lm_loss(model, ids, ids)[0].backward()  # warm-up again: eager
+    assert family.replays == 4
+    causal_lm_loss(model, ids, ids)[0].backward()
+    assert family.replays == 8

@@ -214,7 +214,7 @@ def causal_lm_loss(llm: nn.Module,
                    input_ids: torch.Tensor,
                    labels: torch.Tensor,
                    num_items_in_batch: Optional[int] = None,
-                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                   chunk_tokens: Optional[int] = DEFAULT_CHUNK_TOKENS,
                    **forward_kwargs) -> Tuple[torch.Tensor, int]:
     """Causal-LM loss of `llm` on one batch without full logits; returns `(loss, n_tokens)`.
 

@@ -19,9 +19,22 @@ from torch.nn import functional as F
 
 from xft.utils.constants import IGNORE_INDEX
 
-# Rows of logits formed at once. 1024 x 32k vocab is 128 MiB in fp32 (plus its bf16 source):
-# small next to a 7B step's other buffers, and still large enough matmuls to run at speed.
-DEFAULT_CHUNK_TOKENS = 1024
+# Rows of logits formed at once: an eighth of the batch's tokens, between 256 and 1024.
+# 1024 x 32k vocab is 128 MiB in fp32 (plus its bf16 source and grad), small next to a long
+# row's other buffers; short rows take smaller chunks, because there the loss's buffers come
+# on top of the CUDA-graph pool (xft.model.kernels.graphs), and 256-row matmuls still run
+# at speed.
+MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS = 256, 1024
+DEFAULT_CHUNK_TOKENS = None
+
+
+def chunk_tokens_for(n_tokens: int) -> int:
+    """The default chunk for a batch of `n_tokens` tokens.
+
+    >>> chunk_tokens_for(2048), chunk_tokens_for(4096), chunk_tokens_for(65536)
+    (256, 512, 1024)
+    """
+    return max(MIN_CHUNK_TOKENS, min(MAX_CHUNK_TOKENS, n_tokens // 8))
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -101,7 +114,7 @@ def linear_cross_entropy(hidden: torch.Tensor,
                          weight: torch.Tensor,
                          labels: torch.Tensor,
                          num_items_in_batch: Optional[int] = None,
-                         chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Tuple[torch.Tensor, int]:
+                         chunk_tokens: Optional[int] = DEFAULT_CHUNK_TOKENS) -> Tuple[torch.Tensor, int]:
     """Mean causal-LM loss of `hidden @ weight.T` against `labels`, chunked over tokens.
 
     hidden: (batch, seq, dim) final hidden states; weight: (vocab, dim) the LM head;
@@ -119,5 +132,6 @@ def linear_cross_entropy(hidden: torch.Tensor,
     flat = hidden.reshape(-1, hidden.shape[-1])
     n_tokens = int((targets != IGNORE_INDEX).sum())
     divisor = num_items_in_batch if num_items_in_batch is not None else max(n_tokens, 1)
+    chunk_tokens = chunk_tokens or chunk_tokens_for(flat.shape[0])
     loss = _LinearCrossEntropyFn.apply(flat, weight, targets, float(divisor), chunk_tokens)
     return loss, n_tokens

@@ -171,6 +171,7 @@ class GraphFamily:
         self.failed: set = set()
         self.replays = 0
         self.told_dropout = False
+        self.members: List['LayerGraphs'] = []
         self._pool = None
         self._stream = None
 
@@ -179,6 +180,17 @@ class GraphFamily:
             self._pool = torch.cuda.graph_pool_handle()
             self._stream = torch.cuda.Stream()
         return self.graph_type(self._pool, self._stream)
+
+    def release(self) -> None:
+        """Drop every recorded graph and buffer (their memory goes back to the allocator);
+        later calls warm up and record again."""
+        for member in self.members:
+            member.forward_graphs.clear()
+            member.backward_graphs.clear()
+            member.calls.clear()
+        self.signatures.clear()
+        self.failed.clear()
+        self._pool = None
 
     def signature(self, key, hidden, kw_tensors) -> Optional[_Signature]:
         sig = self.signatures.get(key)
@@ -194,6 +206,7 @@ class LayerGraphs:
     def __init__(self, checkpointer, layer: nn.Module, family: GraphFamily):
         self.checkpointer = checkpointer
         self.family = family
+        family.members.append(self)
         self.layer = layer
         self.params: List[nn.Parameter] = []  # the trainable ones, taken at the first graph
         self.grad_buffers: Optional[List[torch.Tensor]] = None
