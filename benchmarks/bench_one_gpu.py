@@ -409,7 +409,7 @@ def driver(args):
                    args.longest, '--longest-cap-s', str(args.longest_cap_s), '--longest-systems',
                    args.longest_systems, '--warmup',
                    str(args.warmup), '--steps', str(args.steps), '--profile-seqs',
-                   args.profile_seqs if system == 'xft' else '']
+                   args.profile_seqs if system in args.profile_systems.split(',') else '']
             t1 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, env=env, timeout=args.worker_timeout_s,
@@ -440,6 +440,7 @@ def main(argv=None):
     p.add_argument('--longest-cap-s', type=float, default=60.0)
     p.add_argument('--longest-systems', default='', help='probe only these (default: all)')
     p.add_argument('--profile-seqs', default='', help='profile the step at these lengths')
+    p.add_argument('--profile-systems', default='xft', help='...for these systems')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--worker-timeout-s', type=float, default=420)
