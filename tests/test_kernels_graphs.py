@@ -129,6 +129,7 @@ def test_release_drops_the_graphs_and_records_again(tiny_llama_dir):
     assert family.replays == 4 and family.signatures
     family.release()
     assert not family.signatures and not any(m.forward_graphs for m in family.members)
+    assert all(m.grad_buffers is None for m in family.members)
     causal_lm_loss(model, ids, ids)[0].backward()  # warm-up again: eager
     assert family.replays == 4
     causal_lm_loss(model, ids, ids)[0].backward()

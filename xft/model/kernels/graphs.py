@@ -188,6 +188,9 @@ class GraphFamily:
             member.forward_graphs.clear()
             member.backward_graphs.clear()
             member.calls.clear()
+            # A grad attached now stays the parameter's until zero_grad drops it; the
+            # buffers must not outlive that, or eager steps keep every grad allocated.
+            member.grad_buffers = None
         self.signatures.clear()
         self.failed.clear()
         self._pool = None
