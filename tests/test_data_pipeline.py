@@ -185,6 +185,28 @@ def test_hf_chat_template_through_the_pipeline(toy_rows, tiny_tokenizer):
     assert [labels[1:] for labels in plain['labels']] == data['labels']
 
 
+def test_a_row_the_chat_template_cannot_render_is_named(tmp_path, tiny_tokenizer):
+    import copy
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% if 'boom' in message['content'] %}"
+        "{{ raise_exception('no booms here') }}{% endif %}"
+        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    # Row 0 is dropped by the map fn, so the failing row is the second one encoded: the
+    # message must still name the file's row 2.
+    rows = [{'instruction': 'Draw a cat.', 'input': '', 'output': '<nooutput>'},
+            {'instruction': 'Say hi.', 'input': '', 'output': 'Hi.'},
+            {'instruction': 'Say boom.', 'input': '', 'output': 'Boom.'}]
+    path = tmp_path / 'alpaca.json'
+    path.write_text(json.dumps(rows))
+    template = dict(type=template_map_fn_factory, template='hf_chat_template')
+    with pytest.raises(DataError, match=f'^{re.escape(str(path))} row 2: the chat_template '
+                                        'cannot render this conversation: no booms here'):
+        process_hf_dataset(str(path), tokenizer, 64, dataset_map_fn=alpaca_map_fn,
+                           template_map_fn=template, pack_to_max_length=False)
+
+
 def test_concat_dataset_joins_lengths(toy_rows, tiny_tokenizer):
     from xft.dataset import ConcatDataset
     part = dict(type=process_hf_dataset, dataset=str(toy_rows), tokenizer=tiny_tokenizer,

@@ -217,7 +217,9 @@ def run_pipeline(dataset, options, observe=None):
     if empty:
         stats.rows_dropped_by_map_fn = len(empty)
         stats.first_dropped_row = where(empty[0])
-        data = data.select(sorted(set(range(len(data))) - set(empty)))
+        kept = sorted(set(range(len(data))) - set(empty))
+        data = data.select(kept)
+        where = Renumbered(where, kept)
     observe('map', data)
 
     data = apply_template(data, options)
@@ -225,7 +227,7 @@ def run_pipeline(dataset, options, observe=None):
         data = data.rename_column(old, new)
     observe('template', data)
 
-    data = encode_rows(data, options)
+    data = encode_rows(data, options, where)
     stats.samples_truncated = sum(n > 0 for n in data['num_truncated_tokens'])
     stats.tokens_truncated = sum(data['num_truncated_tokens'])
     before = len(data)
@@ -319,13 +321,24 @@ def _untemplated(example):
                              for turn in example['conversation']]}
 
 
-def encode_rows(data, options):
+class Renumbered:
+    """`where` for a dataset whose rows were selected: row i is the source's row `kept[i]`."""
+
+    def __init__(self, where, kept):
+        self.where = where
+        self.kept = kept
+
+    def __call__(self, index):
+        return self.where(self.kept[index])
+
+
+def encode_rows(data, options, where):
     remove = [c for c in data.column_names] if options.remove_unused_columns or \
         options.pack_to_max_length else ['conversation']
     template_fn = options.template_map_fn
     if getattr(template_fn, 'uses_tokenizer_chat_template', False):
-        return data.map(_ChatTemplateEncoder(options), remove_columns=remove,
-                        num_proc=_procs(data, options), desc='encode')
+        return data.map(_ChatTemplateEncoder(options, where), with_indices=True,
+                        remove_columns=remove, num_proc=_procs(data, options), desc='encode')
     return data.map(_BatchEncoder(options), batched=True, batch_size=ENCODE_BATCH_SIZE,
                     remove_columns=remove, num_proc=_procs(data, options), desc='encode')
 
@@ -341,9 +354,18 @@ class _BatchEncoder:
 
 
 class _ChatTemplateEncoder(_BatchEncoder):
-    def __call__(self, row):
-        return encode_with_chat_template(row['conversation'], self.tokenizer, self.max_length,
-                                         self.with_output)
+    """One row at a time through the tokenizer's jinja; a row it cannot render is named."""
+
+    def __init__(self, options, where):
+        super().__init__(options)
+        self.where = where
+
+    def __call__(self, row, index):
+        try:
+            return encode_with_chat_template(row['conversation'], self.tokenizer,
+                                             self.max_length, self.with_output)
+        except DataError as error:
+            raise DataError(f'{self.where(index)}: {error}') from None
 
 
 def with_length(dataset):
