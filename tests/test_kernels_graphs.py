@@ -134,3 +134,19 @@ def test_release_drops_the_graphs_and_records_again(tiny_llama_dir):
     assert family.replays == 4
     causal_lm_loss(model, ids, ids)[0].backward()
     assert family.replays == 8
+
+
+def test_a_process_group_keeps_the_eager_checkpointer(tiny_llama_dir, tmp_path):
+    import torch.distributed as dist
+    model = lora_llama(tiny_llama_dir)
+    family = GraphFamily(warmup=0, graph_type=EagerReplay, force=True)
+    apply_fast_path(model, cuda_graphs=family)
+    ids = torch.randint(0, model.config.vocab_size, (1, 10))
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "group"}', rank=0,
+                            world_size=1)
+    try:
+        causal_lm_loss(model, ids, ids)[0].backward()
+    finally:
+        dist.destroy_process_group()
+    assert family.replays == 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

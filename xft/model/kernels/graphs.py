@@ -22,10 +22,12 @@ The eager `LayerCheckpointer` runs instead, with identical numerics, when:
   compute-bound: a graph saves nothing there and its buffers cost memory);
 - a module in the layer draws random numbers (dropout > 0): recomputation must replay the
   forward's masks, which a graph can't do;
-- several processes train together (DDP's reducer hooks fire on autograd's own gradient
-  accumulation, which the graph bypasses);
+- a process group exists (DDP's reducer and DeepSpeed, even on one process, hook autograd's
+  own gradient accumulation, which the graph bypasses);
 - a keyword argument is neither a tensor, a tuple of tensors nor a plain constant; more than
-  `max_signatures` signatures were seen; or a capture failed (logged once).
+  `max_signatures` signatures were seen (unpacked rows of varying length: only the first
+  lengths that recur get graphs; packed rows all have `max_length` tokens); or a capture
+  failed (logged once).
 
 The first `warmup` calls of each signature run eagerly (they compile Triton kernels and
 verify the direct dequantization); the next call captures.
@@ -93,9 +95,11 @@ def draws_random_numbers(layer: nn.Module) -> bool:
     return False
 
 
-def several_processes() -> bool:
+def distributed() -> bool:
+    """True once a process group exists: DDP's reducer and DeepSpeed (even on one process)
+    hook autograd's gradient accumulation, which a replayed graph bypasses."""
     import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized()
 
 
 class CudaGraph:
@@ -232,7 +236,7 @@ class LayerGraphs:
             return None
         if not (self.family.force or hidden.is_cuda) or hidden.numel() // hidden.shape[-1] > self.family.max_tokens:
             return None
-        if not torch.is_grad_enabled() or several_processes():
+        if not torch.is_grad_enabled() or distributed():
             return None
         flat = flatten_kwargs(fn.keywords)
         if flat is None:
