@@ -234,7 +234,8 @@ class LayerGraphs:
                                'lora_dropout=0 gives the fastest path')
         if args or not isinstance(fn, functools.partial) or self.random:
             return None
-        if not (self.family.force or hidden.is_cuda) or hidden.numel() // hidden.shape[-1] > self.family.max_tokens:
+        n_tokens = hidden.numel() // hidden.shape[-1]
+        if not (self.family.force or hidden.is_cuda) or n_tokens > self.family.max_tokens:
             return None
         if not torch.is_grad_enabled() or distributed():
             return None
