@@ -9,7 +9,8 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention
 
 from xft.model.kernels import FusedLoRALinear, FusedRoPEAttention, swap_modules
-from xft.model.kernels.lora_projections import lora_parts, lora_projections
+from xft.model.kernels.lora_linear import lora_parts
+from xft.model.kernels.lora_projections import lora_projections
 
 from test_kernels_lora_mlp import close, quantize_4bit
 

@@ -19,6 +19,8 @@ from torch.nn import functional as F
 
 from xft.utils.constants import IGNORE_INDEX
 
+from .kernels.backend import autocast_dtype
+
 # Rows of logits formed at once: an eighth of the batch's tokens, between 256 and 1024.
 # 1024 x 32k vocab is 128 MiB in fp32 (plus its bf16 source and grad), small next to a long
 # row's other buffers; short rows take smaller chunks, because there the loss's buffers come
@@ -54,8 +56,7 @@ class _LinearCrossEntropyFn(torch.autograd.Function):
         # Under autocast the head runs in autocast's dtype, as nn.Linear would; autocast is
         # then switched off so the chunked matmuls writing into preallocated outputs see
         # one dtype.
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(
-            device_type) else hidden.dtype
+        dtype = autocast_dtype(hidden)
         with torch.autocast(device_type, enabled=False):
             loss, grad_hidden, grad_weight = _chunked_loss_and_grads(
                 hidden, weight, targets, chunk_tokens, dtype,

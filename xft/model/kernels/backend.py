@@ -14,6 +14,24 @@ except ImportError:  # pragma: no cover - depends on the machine
     tl = None
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a plain linear layer would compute `x` in: autocast's when it is on.
+
+    The fused ops switch autocast off inside (their in-place matmul-adds need one dtype) and
+    cast to this themselves.
+
+    >>> autocast_dtype(torch.zeros(1))
+    torch.float32
+    >>> with torch.autocast('cpu', dtype=torch.bfloat16):
+    ...     autocast_dtype(torch.zeros(1))
+    torch.bfloat16
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when Triton imports and every tensor lives on a CUDA device.
 

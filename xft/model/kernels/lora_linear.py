@@ -13,10 +13,12 @@ backward, as bitsandbytes itself does.
 The adapter's parameters stay where peft put them (usually fp32, the optimizer's master
 copy); their grads come back in that dtype.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
+from .backend import autocast_dtype
 
 try:
     import bitsandbytes as bnb
@@ -102,12 +104,8 @@ class _LoRALinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, base, scaling, dropout_p):
-        # Under autocast compute in its dtype, as a plain linear would; autocast itself is
-        # switched off inside so the in-place matmul-add sees one dtype.
-        device_type = x.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(
-            device_type) else x.dtype
-        with torch.autocast(device_type, enabled=False):
+        dtype = autocast_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             a = lora_a.to(dtype)
             b = lora_b.to(dtype)
@@ -173,6 +171,22 @@ def _dropout_p(module: nn.Module) -> Optional[float]:
     if type(module) is nn.Dropout and 0 <= module.p < 1:
         return float(module.p)
     return None
+
+
+def lora_parts(layer: nn.Module) -> Optional[Tuple[str, float]]:
+    """`(adapter, scaling)` of a peft LoRA layer or `FusedLoRALinear` that the multi-layer
+    fused functions (q/k/v, the MLP) compute exactly: what `FusedLoRALinear` takes, with no
+    dropout and no base bias; None otherwise.
+
+    >>> lora_parts(nn.Linear(2, 2)) is None
+    True
+    """
+    fused = layer if isinstance(layer, FusedLoRALinear) else FusedLoRALinear.from_module(layer)
+    if fused is None or fused.base_layer.bias is not None:
+        return None
+    if _dropout_p(fused.lora_dropout[fused.adapter]) != 0.0:
+        return None
+    return fused.adapter, fused.scaling
 
 
 class FusedLoRALinear(nn.Module):

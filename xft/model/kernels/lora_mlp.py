@@ -29,18 +29,11 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .lora_linear import FusedLoRALinear, _dropout_p, add_base_product, dense_weight
+from .backend import autocast_dtype
+from .lora_linear import add_base_product, dense_weight, lora_parts
 from .swiglu import SILU_TYPES, swiglu_packed, swiglu_packed_backward_
 
 _PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    # Under autocast compute in its dtype, as the plain linear layers would.
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
 
 
 class _LoRAMLPFn(torch.autograd.Function):
@@ -49,7 +42,7 @@ class _LoRAMLPFn(torch.autograd.Function):
     def forward(ctx, x, a_gate, b_gate, a_up, b_up, a_down, b_down, bases, scalings):
         base_gate, base_up, base_down = bases
         s_gate, s_up, s_down = scalings
-        dtype = _compute_dtype(x)
+        dtype = autocast_dtype(x)
         ff = b_gate.shape[0]
         r_gate = a_gate.shape[0]
         # Autocast is switched off inside so the in-place matmul-adds see one dtype.
@@ -183,17 +176,12 @@ class FusedLoRAMLP(nn.Module):
         if not isinstance(getattr(module, 'act_fn', None), SILU_TYPES):
             return None
         layers = [getattr(module, name, None) for name in _PROJECTIONS]
-        if any(layer is None or FusedLoRALinear.from_module(layer) is None for layer in layers):
+        if any(layer is None for layer in layers):
             return None
-        adapters = {layer.active_adapters[0] for layer in layers}
-        if len(adapters) != 1:
+        parts = [lora_parts(layer) for layer in layers]
+        if not all(parts) or len({adapter for adapter, _ in parts}) != 1:
             return None
-        adapter = adapters.pop()
-        for layer in layers:
-            if _dropout_p(layer.lora_dropout[adapter]) != 0.0:
-                return None
-            if layer.base_layer.bias is not None:
-                return None
+        adapter = parts[0][0]
         gate, up, down = layers
         if not (gate.in_features == up.in_features == down.out_features
                 and gate.out_features == up.out_features == down.in_features):

@@ -16,12 +16,13 @@ are bias-free frozen linear layers, plain or bitsandbytes 4-bit (dequantized one
 in forward and again in backward). No adapter dropout: each projection would need its own
 dropped copy of `x`, which is what sharing one input is meant to avoid.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .lora_linear import FusedLoRALinear, _dropout_p, add_base_product, dense_weight
+from .backend import autocast_dtype
+from .lora_linear import add_base_product, dense_weight
 
 
 def _offsets(sizes):
@@ -37,8 +38,7 @@ class _LoRAProjectionsFn(torch.autograd.Function):
     def forward(ctx, x, bases, scalings, *adapters):
         a_list, b_list = adapters[0::2], adapters[1::2]
         device_type = x.device.type
-        dtype = (torch.get_autocast_dtype(device_type)
-                 if torch.is_autocast_enabled(device_type) else x.dtype)
+        dtype = autocast_dtype(x)
         ranks = _offsets([a.shape[0] for a in a_list])
         # Autocast is switched off inside so the in-place matmul-adds see one dtype.
         with torch.autocast(device_type, enabled=False):
@@ -104,19 +104,3 @@ def lora_projections(x: torch.Tensor, adapters: Sequence[Tuple[torch.Tensor, tor
     """
     flat = [t for pair in adapters for t in pair]
     return _LoRAProjectionsFn.apply(x, tuple(bases), tuple(float(s) for s in scalings), *flat)
-
-
-def lora_parts(layer: nn.Module) -> Optional[Tuple[str, float]]:
-    """`(adapter, scaling)` of a peft LoRA layer or `FusedLoRALinear` that these fused
-    functions compute exactly (what `FusedLoRALinear` takes, no dropout, no base bias);
-    None otherwise.
-
-    >>> lora_parts(nn.Linear(2, 2)) is None
-    True
-    """
-    fused = layer if isinstance(layer, FusedLoRALinear) else FusedLoRALinear.from_module(layer)
-    if fused is None or fused.base_layer.bias is not None:
-        return None
-    if _dropout_p(fused.lora_dropout[fused.adapter]) != 0.0:
-        return None
-    return fused.adapter, fused.scaling

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .backend import tl, triton, use_triton
-from .lora_projections import lora_parts, lora_projections
+from .lora_linear import lora_parts
+from .lora_projections import lora_projections
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
