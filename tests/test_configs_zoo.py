@@ -51,7 +51,7 @@ def test_parts_2_to_5_are_byte_identical_within_each_body():
     assert sorted(bodies) == ['full', 'lora', 'pretrain', 'qlora']
     for name, texts in bodies.items():
         assert len(texts) == 1, f'{name}: {len(texts)} different PART 2-5 texts'
-        assert texts == {gen_configs.body_text(name)}
+        assert texts == {gen_configs.split_body(gen_configs.template_text(name))[1]}
 
 
 def test_zoo_covers_the_families_methods_and_data_formats():
