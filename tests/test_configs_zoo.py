@@ -160,6 +160,43 @@ def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, sma
     assert built == len(paths)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_torch_dtype_objects_build_and_survive_the_dumped_config(dtype, tmp_path, tiny_llama_dir, small_files,
+                                                                 monkeypatch):
+    """PART 1's ``torch_dtype`` is a dtype object, as XTuner writes it (``torch.float16``), and
+    reaches the weights, the 4-bit compute dtype and the AmpOptimWrapper. (The PART 4 it
+    replaced, ``torch_dtype.replace('torch.', '')``, could not load such a config.) mmengine
+    dumps the object into the work dir's config as the string ``'torch.float16'``: the model
+    builder reads that, and on a GPU ``adapt_optim_wrapper`` spells it as AmpOptimWrapper
+    accepts (its own check refuses ``'torch.float16'``); tests/test_train_e2e.py re-trains a
+    dumped config on CPU."""
+    from mmengine.config import Config
+    from mmengine.optim import AmpOptimWrapper
+    from mmengine.registry import MODELS
+
+    from xft.engine.device import adapt_optim_wrapper
+
+    def built_dtypes(cfg):
+        model = MODELS.build(cfg.model)
+        compute = {m.compute_dtype for m in model.modules() if type(m).__name__ == 'Linear4bit'}
+        return model.llm.get_input_embeddings().weight.dtype, compute
+
+    path = CONFIGS / 'llama/llama2_7b_chat/llama2_7b_chat_qlora_alpaca_e3.py'
+    config = tmp_path / path.name
+    config.write_text(tiny_config_text(path, tiny_llama_dir, small_files['alpaca'], torch_dtype=dtype))
+    cfg = Config.fromfile(str(config))
+    assert cfg.optim_wrapper.dtype is dtype
+    assert built_dtypes(cfg) == (dtype, {dtype})
+
+    cfg.dump(str(tmp_path / 'dumped.py'))
+    dumped = Config.fromfile(str(tmp_path / 'dumped.py'))
+    assert dumped.model.llm.torch_dtype == str(dtype)
+    assert built_dtypes(dumped) == (dtype, {dtype})
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    adapt_optim_wrapper(dumped)
+    assert dumped.optim_wrapper.dtype in AmpOptimWrapper.valid_dtypes
+
+
 # Two iterations, each logged; short sample answers (the chat hook still runs before and after).
 SMOKE_OPTIONS = ['--cfg-options', 'train_cfg.max_epochs=None', 'train_cfg.max_iters=2',
                  'default_hooks.logger.interval=1', 'custom_hooks.1.max_new_tokens=8',

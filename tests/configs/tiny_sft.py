@@ -1,6 +1,7 @@
 # A 20-iteration run on a tiny random Llama: the test suite's end-to-end config.
 # tests/test_train_e2e.py fills in the paths (@MODEL@, @DATA@) and the method:
 # @LORA@ is `lora` or None (full fine-tuning), @QUANTIZATION@ `quantization_config` or None.
+import torch
 from datasets import load_dataset
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
@@ -45,7 +46,7 @@ lora = dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0, bias='none',
 quantization_config = dict(
     type=BitsAndBytesConfig,
     load_in_4bit=True,
-    bnb_4bit_compute_dtype='torch.float32',
+    bnb_4bit_compute_dtype=torch.float32,
     bnb_4bit_use_double_quant=True,
     bnb_4bit_quant_type='nf4')
 
@@ -54,7 +55,7 @@ model = dict(
     llm=dict(
         type=AutoModelForCausalLM.from_pretrained,
         pretrained_model_name_or_path=pretrained_model_name_or_path,
-        torch_dtype='torch.float32',
+        torch_dtype=torch.float32,
         quantization_config=@QUANTIZATION@),
     lora=@LORA@)
 

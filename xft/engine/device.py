@@ -21,6 +21,7 @@ def adapt_optim_wrapper(cfg) -> None:
     """
     if torch.cuda.is_available():
         use_fused_adam(cfg)
+        amp_dtype_by_name(cfg)
         return
     wrapper = cfg.get('optim_wrapper')
     if not wrapper:
@@ -35,6 +36,23 @@ def adapt_optim_wrapper(cfg) -> None:
         wrapper.pop(key, None)
     print_log('No CUDA device: AmpOptimWrapper replaced by OptimWrapper (no mixed precision on CPU)',
               logger='current')
+
+
+def amp_dtype_by_name(cfg) -> None:
+    """Spell the optim wrapper's dtype the way ``AmpOptimWrapper`` accepts it.
+
+    It takes ``torch.bfloat16`` or ``'bfloat16'``, but mmengine dumps a dtype object into the
+    work dir's config as the string ``'torch.bfloat16'``, which it refuses: without this, a
+    dumped config whose PART 1 says ``torch_dtype = torch.bfloat16`` would not re-run on a GPU.
+
+    >>> cfg = {'optim_wrapper': {'type': 'AmpOptimWrapper', 'dtype': 'torch.float16'}}
+    >>> amp_dtype_by_name(cfg); cfg['optim_wrapper']['dtype']
+    'float16'
+    """
+    wrapper = cfg.get('optim_wrapper') or {}
+    dtype = wrapper.get('dtype')
+    if isinstance(dtype, str) and dtype.startswith('torch.'):
+        wrapper['dtype'] = dtype[len('torch.'):]
 
 
 _FUSABLE_OPTIMIZERS = ('Adam', 'AdamW')

@@ -10,6 +10,7 @@
 # Written by `python -m xft.tools.gen_configs`. PARTs 2-5 are the shared `pretrain`
 # body, identical in every zoo config of that kind (tests/test_configs_zoo.py checks it);
 # what makes this config this one is PART 1.
+import torch
 from datasets import load_dataset
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
@@ -34,8 +35,8 @@ from xft.utils import PROMPT_TEMPLATE
 # Model
 # Mistral-7B-v0.1 (base) from the Hugging Face hub, or the path of a local copy.
 pretrained_model_name_or_path = 'mistralai/Mistral-7B-v0.1'
-# bf16 has fp32's range, so no loss scaling; torch.float16 on GPUs before Ampere.
-torch_dtype = 'torch.bfloat16'
+# bf16 has fp32's range, so no loss scaling; torch.float16 on GPUs before Ampere (no bf16).
+torch_dtype = torch.bfloat16
 
 # Data
 # Your .txt file (one document per line), a .jsonl/.json of {"text": ...} rows, or a folder of
@@ -137,7 +138,7 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
     loss_scale='dynamic',
-    dtype=torch_dtype.replace('torch.', ''))
+    dtype=torch_dtype)
 
 # Linear warm-up, then cosine decay to zero; both counted in iterations.
 param_scheduler = [
