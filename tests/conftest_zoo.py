@@ -89,8 +89,11 @@ def tiny_config_text(config_path: Path, model_dir: Path, data_file: Path, **extr
 
 
 def dataset_key(config_name: str) -> str:
-    """'llama2_7b_chat_qlora_code_alpaca_e3' -> 'code_alpaca'."""
-    match = re.search(r'_(?:qlora|lora|full)_(.+)_e\d+$', config_name)
-    if not match:
-        raise AssertionError(f'{config_name}: not a zoo name {{model}}_{{method}}_{{data}}_e{{N}}')
-    return match.group(1)
+    """'llama2_7b_chat_qlora_code_alpaca_e3' -> 'code_alpaca'; a twin such as
+    'internlm_7b_qlora_oasst1' gives its zoo config's."""
+    from xft.tools.gen_configs import entry_named
+
+    entry = entry_named(config_name)
+    if entry is None:
+        raise AssertionError(f'{config_name}: not a config the generator writes')
+    return entry.dataset.key

@@ -21,7 +21,7 @@ from xft.tools import gen_configs
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
 # Written by hand, outside the generated zoo.
-HAND_WRITTEN = {'internlm_7b_qlora_oasst1.py', 'smollm2_135m_qlora_self_cognition.py'}
+HAND_WRITTEN = {'smollm2_135m_qlora_self_cognition.py'}
 # One config of each family, every shared body among them; each trains two iterations.
 TRAINED_SAMPLE = ['internlm2_chat_7b_qlora_alpaca_zh_e3', 'llama3_8b_instruct_lora_alpaca_e3',
                   'qwen1_5_7b_chat_qlora_oasst1_e3', 'mistral_7b_full_custom_pretrain_e1',

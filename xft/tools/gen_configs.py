@@ -313,8 +313,8 @@ class Entry:
 
 
 # Configs written a second time under another name, at the top of configs/: name -> zoo name.
-# internlm_7b_qlora_oasst1 is the mission's example, the name XTuner's README trains.
-TWINS = {}
+# internlm_7b_qlora_oasst1 is the README's example; as a twin it cannot drift from the zoo's file.
+TWINS = {'internlm_7b_qlora_oasst1': 'internlm_7b_qlora_oasst1_e3'}
 
 
 def zoo_entries() -> list:
@@ -397,8 +397,8 @@ def template_values(entry: Entry) -> dict:
     utils = ['PROMPT_TEMPLATE'] + (['SYSTEM_TEMPLATE'] if system.startswith('SYSTEM_TEMPLATE.') else [])
     targets = model.lora_target_modules
     twin_note = ('' if not entry.twin_name else
-                 f"The mission's example, under the name XTuner's README trains; the zoo's "
-                 f'{entry.zoo_name} is the same config.')
+                 f"The README's example under a short name: the same config as the zoo's "
+                 f'{entry.zoo_name}.')
     return {
         'name': entry.name,
         'model_title': model.title,
