@@ -1,26 +1,40 @@
 """No zoo config rots: each one is what the generator writes, shares its body, and builds.
 
-Every config under configs/ (but the two hand-written ones) is built on the tiny random Llama
-with a small file of its dataset's format, quantization kept; one config of each family (all
-four shared bodies among them) trains two iterations through `xft train`.
+Each check stands on its own, and each can fail while the others pass:
+
+- *generated*: the committed files equal ``gen_configs``' output. Fails on a hand edit, or a
+  record or template changed without regenerating.
+- *shared bodies*: in every committed file, PARTs 2-5 equal those of the template its own
+  header names, read from ``config_templates/`` (not through the renderer). Fails, even with
+  every file regenerated, if the generator ever writes something config-specific below PART 1,
+  or a file claims the wrong body.
+- *counted*: every file under configs/ (recursive glob) is generated or listed as hand-written,
+  and every generated one exists. Fails on a stray or a missing file.
+- *builds*: every config builds on the tiny model with a small file of its data format; one of
+  each family trains two iterations. Fails on a config the text checks cannot judge (a wrong
+  import, a wiring mistake, a template that does not train).
+
+The ``test_*_checker_*`` tests feed each text checker a mutated input and show it complains.
 """
 import ast
 import contextlib
+import doctest
 import io
 import json
 import math
-from collections import defaultdict
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest_zoo import dataset_key, small_data_files, tiny_config_text
-from xft.tools import gen_configs
+from xft.tools import cfg_tools, gen_configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
-# Written by hand, outside the generated zoo.
+TEMPLATES = REPO / 'xft' / 'tools' / 'config_templates'
+# Written by hand, outside the generator.
 HAND_WRITTEN = {'smollm2_135m_qlora_self_cognition.py'}
 # One config of each family, every shared body among them; each trains two iterations.
 TRAINED_SAMPLE = ['internlm2_chat_7b_qlora_alpaca_zh_e3', 'llama3_8b_instruct_lora_alpaca_e3',
@@ -29,29 +43,133 @@ TRAINED_SAMPLE = ['internlm2_chat_7b_qlora_alpaca_zh_e3', 'llama3_8b_instruct_lo
                   'baichuan2_7b_chat_qlora_custom_conversation_e1', 'chatglm3_6b_lora_alpaca_zh_e3',
                   'deepseek_moe_16b_chat_qlora_oasst1_e3', 'yi_6b_qlora_oasst1_e3',
                   'phi3_mini_4k_instruct_qlora_custom_sft_e1', 'smollm2_135m_instruct_full_custom_sft_e1']
+PART2_BANNER = '#' * 71 + '\n#' + 'PART 2  Model & Tokenizer'.center(69) + '#\n' + '#' * 71 + '\n'
+BODY_CLAIM = re.compile(r'^# Written by .*PARTs 2-5 are the shared `(\w+)`$', re.MULTILINE)
 
 
 def zoo_files():
     return sorted(p for p in CONFIGS.rglob('*.py') if p.name not in HAND_WRITTEN)
 
 
+def committed_zoo():
+    return {p.relative_to(CONFIGS): p.read_text(encoding='utf-8') for p in zoo_files()}
+
+
+# --------------------------------------------------------------------------------------
+# The checkers: pure functions of texts and paths, so a mutated input can show each one fail.
+# --------------------------------------------------------------------------------------
+def generator_drift(committed: dict, rendered: dict) -> list:
+    """What differs between the committed files and the generator's output."""
+    problems = [f'{rel}: not committed' for rel in sorted(set(rendered) - set(committed))]
+    problems += [f'{rel}: not written by the generator' for rel in sorted(set(committed) - set(rendered))]
+    problems += [f'{rel}: differs from the generator' for rel in sorted(set(committed) & set(rendered))
+                 if committed[rel] != rendered[rel]]
+    return problems
+
+
+def template_bodies() -> dict:
+    """{body name: PARTs 2-5 of its template}, read from the template files themselves."""
+    bodies = {}
+    for path in TEMPLATES.glob('*.py'):
+        _, found, rest = path.read_text(encoding='utf-8').partition(PART2_BANNER)
+        assert found, f'{path.name}: no PART 2 banner'
+        bodies[path.stem] = found + rest
+    return bodies
+
+
+def body_drift(committed: dict, bodies: dict) -> list:
+    """Files whose PARTs 2-5 are not, byte for byte, those of the body their header names."""
+    problems = []
+    for rel, text in committed.items():
+        claims = BODY_CLAIM.findall(text.partition(PART2_BANNER)[0])
+        if len(claims) != 1 or claims[0] not in bodies:
+            problems.append(f'{rel}: header names no shared body ({claims})')
+        elif PART2_BANNER + text.partition(PART2_BANNER)[2] != bodies[claims[0]]:
+            problems.append(f'{rel}: PARTs 2-5 differ from the `{claims[0]}` template')
+    return problems
+
+
+def unaccounted(found: list, generated: list, hand_written: set) -> list:
+    """Config files that are neither generated nor hand-written, and expected ones not found."""
+    expected = set(generated) | set(hand_written)
+    return ([f'{p}: neither generated nor hand-written' for p in sorted(set(found) - expected)] +
+            [f'{p}: missing' for p in sorted(expected - set(found))])
+
+
+def runs_a_config(line: str) -> bool:
+    return line.startswith('#') and any(cmd in line for cmd in ('xft train ', 'tools/train.py', 'xft copy-cfg '))
+
+
+def copy_header_problems(original: str, copy: str, copy_path: str) -> list:
+    """What is wrong with a copy's header: it must train the copy, keep what the original
+    trains, carry no maintainer notes, and change nothing else."""
+    original_header, original_rest = cfg_tools.split_header(original)
+    header, rest = cfg_tools.split_header(copy)
+    problems = []
+    if rest != original_rest:
+        problems.append('the copy differs below the header')
+    if header[:1] != original_header[:1]:
+        problems.append('the first line (what it trains) is not the original\'s')
+    if f'#   xft train {copy_path}\n' not in header:
+        problems.append('no `xft train COPY` line')
+    problems += [f'runs something else: {line.strip()}' for line in header
+                 if runs_a_config(line) and not line.rstrip().endswith(copy_path)]
+    problems += [f'maintainer note: {line.strip()}' for line in header
+                 if 'gen_configs' in line or 'test_configs_zoo' in line]
+    return problems
+
+
+# --------------------------------------------------------------------------------------
+# The checks
+# --------------------------------------------------------------------------------------
 def test_committed_zoo_is_exactly_what_the_generator_writes():
-    rendered = gen_configs.rendered_zoo()
-    committed = {p.relative_to(CONFIGS): p.read_text() for p in zoo_files()}
-    assert sorted(committed) == sorted(rendered), 'run `python -m xft.tools.gen_configs`'
-    stale = [str(rel) for rel, text in rendered.items() if committed[rel] != text]
-    assert not stale, f'edited by hand or generator changed; rerun the generator: {stale[:5]}'
+    problems = generator_drift(committed_zoo(), gen_configs.rendered_zoo())
+    assert not problems, f'run `python -m xft.tools.gen_configs`: {problems[:5]}'
 
 
-def test_parts_2_to_5_are_byte_identical_within_each_body():
-    bodies = defaultdict(set)
-    for entry in gen_configs.zoo_entries():
-        _, body = gen_configs.split_body((CONFIGS / entry.path).read_text())
-        bodies[entry.body].add(body)
+def test_parts_2_to_5_equal_their_template_in_every_file():
+    bodies = template_bodies()
     assert sorted(bodies) == ['full', 'lora', 'pretrain', 'qlora']
-    for name, texts in bodies.items():
-        assert len(texts) == 1, f'{name}: {len(texts)} different PART 2-5 texts'
-        assert texts == {gen_configs.split_body(gen_configs.template_text(name))[1]}
+    committed = committed_zoo()
+    problems = body_drift(committed, bodies)
+    assert not problems, problems[:5]
+    claimed = {BODY_CLAIM.search(text).group(1) for text in committed.values()}
+    assert claimed == set(bodies), 'every template is used'
+
+
+def test_every_file_in_configs_is_generated_or_hand_written():
+    found = [p.relative_to(CONFIGS) for p in CONFIGS.rglob('*.py')]
+    generated = [entry.path for entry in gen_configs.zoo_entries()]
+    assert not unaccounted(found, generated, {Path(name) for name in HAND_WRITTEN})
+    assert len(found) == len(generated) + len(HAND_WRITTEN)
+    assert len(set(generated)) == len(generated), 'two records give one path'
+
+
+def test_checker_generator_drift_names_missing_stray_and_edited_files():
+    rendered = {Path('a.py'): 'x = 1\n', Path('b.py'): 'x = 2\n'}
+    committed = {Path('a.py'): 'x = 1  # edited by hand\n', Path('c.py'): 'x = 3\n'}
+    assert generator_drift(committed, rendered) == [
+        'b.py: not committed', 'c.py: not written by the generator', 'a.py: differs from the generator']
+    assert generator_drift(rendered, rendered) == []
+
+
+def test_checker_body_drift_catches_an_edited_body_and_a_wrong_claim():
+    bodies = template_bodies()
+    committed = committed_zoo()
+    qlora = next(rel for rel, text in committed.items() if '`qlora`' in text)
+    text = committed[qlora]
+    assert body_drift({qlora: text}, bodies) == []
+    edited = text.replace('    loss_scale=\'dynamic\',\n', '    loss_scale=512.0,\n')
+    assert edited != text
+    assert body_drift({qlora: edited}, bodies) == [f'{qlora}: PARTs 2-5 differ from the `qlora` template']
+    wrong_claim = text.replace('the shared `qlora`', 'the shared `lora`')
+    assert body_drift({qlora: wrong_claim}, bodies) == [f'{qlora}: PARTs 2-5 differ from the `lora` template']
+    assert 'names no shared body' in body_drift({qlora: text.replace('the shared', 'a')}, bodies)[0]
+
+
+def test_checker_unaccounted_names_a_stray_and_a_missing_config():
+    assert unaccounted([Path('a.py'), Path('stray.py')], [Path('a.py'), Path('b.py')], set()) == [
+        'stray.py: neither generated nor hand-written', 'b.py: missing']
 
 
 def test_zoo_covers_the_families_methods_and_data_formats():
@@ -68,6 +186,17 @@ def test_zoo_covers_the_families_methods_and_data_formats():
     assert 'llama2_7b_chat_qlora_alpaca_e3' in names and 'qwen1_5_7b_chat_lora_oasst1_e3' in names
 
 
+def test_the_mission_config_is_the_twin_of_its_zoo_config():
+    """configs/internlm_7b_qlora_oasst1.py (README, tests/test_train_e2e.py) and the zoo's
+    internlm_7b_qlora_oasst1_e3 differ only in the header's name lines and its twin note."""
+    twin = (CONFIGS / 'internlm_7b_qlora_oasst1.py').read_text()
+    zoo = (CONFIGS / 'internlm/internlm_7b/internlm_7b_qlora_oasst1_e3.py').read_text()
+    header, rest = cfg_tools.split_header(twin)
+    assert rest == cfg_tools.split_header(zoo)[1]
+    assert "the same config as the zoo's\n# internlm_7b_qlora_oasst1_e3." in ''.join(header)
+    assert '#   xft train internlm_7b_qlora_oasst1\n' in header
+
+
 def test_each_header_runs_and_copies_the_config_it_sits_in():
     for path in zoo_files():
         header = path.read_text().split('\n\n')[0]
@@ -79,6 +208,34 @@ def test_each_header_runs_and_copies_the_config_it_sits_in():
 def test_config_names_are_unique_so_bare_names_resolve():
     stems = [p.stem for p in CONFIGS.rglob('*.py')]
     assert len(stems) == len(set(stems))
+
+
+def test_copy_cfg_header_trains_the_copy_without_maintainer_notes(tmp_path):
+    """Every zoo header, rewritten as copy-cfg does; then two real copies (a zoo config and
+    the hand-written demo config), which load."""
+    from mmengine.config import Config
+
+    copy = Path('mine/x_copy.py')
+    for path in zoo_files():
+        text = path.read_text()
+        header, rest = cfg_tools.split_header(text)
+        copied = cfg_tools.copy_header(header, path.stem, copy) + rest
+        assert not copy_header_problems(text, copied, str(copy)), path.stem
+        assert f'Copied from {path.stem} by `xft copy-cfg`' in copied
+
+    for name in ['qwen2_5_0_5b_instruct_qlora_alpaca_e3', 'smollm2_135m_qlora_self_cognition']:
+        target = cfg_tools.copy_config(name, tmp_path / 'mine')
+        original = next(CONFIGS.rglob(f'{name}.py')).read_text()
+        assert not copy_header_problems(original, target.read_text(), str(target)), name
+        Config.fromfile(str(target))
+
+
+def test_checker_copy_header_problems_rejects_an_unrewritten_copy():
+    text = (CONFIGS / 'internlm_7b_qlora_oasst1.py').read_text()
+    problems = copy_header_problems(text, text, 'mine/internlm_7b_qlora_oasst1_copy.py')
+    assert 'no `xft train COPY` line' in problems
+    assert any(p.startswith('runs something else: #   xft train internlm_7b_qlora_oasst1') for p in problems)
+    assert any(p.startswith('maintainer note: # Written by `python -m xft.tools.gen_configs`') for p in problems)
 
 
 def part1_assignments(text):
@@ -95,19 +252,55 @@ def part1_assignments(text):
     return found
 
 
-@pytest.mark.parametrize('path', [zoo_files()[0], CONFIGS / 'mixtral/mixtral_8x7b_instruct/'
-                                  'mixtral_8x7b_instruct_qlora_alpaca_e3.py'],
-                         ids=lambda p: p.stem)
-def test_each_part1_knob_has_a_why_comment_or_an_obvious_neighbour(path):
-    assignments = part1_assignments(path.read_text())
-    names = [name for name, _ in assignments]
-    assert {'pretrained_model_name_or_path', 'data_path', 'dataset_map_fn', 'prompt_template',
-            'max_length', 'lr', 'use_tensorboard'} <= set(names)
+def test_each_part1_knob_has_a_why_comment_and_parts_2_to_5_wire_them():
+    """In every zoo config; a knob PART 1 declares is passed on by name, never re-typed below
+    (as `lora_dropout=0.1` once sat in PART 2 while PART 1 said nothing)."""
     # Knobs whose meaning the name and neighbours carry (as in XTuner's configs).
     self_explaining = {'dataloader_num_workers', 'optim_type', 'betas', 'weight_decay', 'save_steps',
                        'evaluation_freq', 'evaluation_inputs'}
-    missing = [name for name, commented in assignments if not commented and name not in self_explaining]
-    assert not missing, f'{path.name}: PART 1 knobs without a why-comment: {missing}'
+    for path in zoo_files():
+        text = path.read_text()
+        assignments = part1_assignments(text)
+        names = {name for name, _ in assignments}
+        required = {'pretrained_model_name_or_path', 'torch_dtype', 'data_path', 'dataset_map_fn',
+                    'prompt_template', 'max_length', 'lr', 'use_tensorboard'}
+        if '`qlora`' in text or '`lora`' in text:
+            required |= {'lora_target_modules', 'lora_dropout'}
+        assert required <= names, (path.stem, required - names)
+        missing = [name for name, commented in assignments if not commented and name not in self_explaining]
+        assert not missing, f'{path.name}: PART 1 knobs without a why-comment: {missing}'
+        retyped = [node.arg for node in ast.walk(ast.parse(gen_configs.split_body(text)[1]))
+                   if isinstance(node, ast.keyword) and node.arg in names and isinstance(node.value, ast.Constant)]
+        assert not retyped, f'{path.name}: PARTs 2-5 give PART 1 knobs a literal value: {retyped}'
+
+
+def test_templates_are_python_with_placeholders_only_above_part_2():
+    entry = gen_configs.entry_named('llama2_7b_chat_qlora_code_alpaca_e3')
+    values = gen_configs.template_values(entry)
+    for path in sorted(TEMPLATES.glob('*.py')):
+        text = path.read_text()
+        ast.parse(text, filename=str(path))
+        head, body = gen_configs.split_body(text)
+        assert not gen_configs.PLACEHOLDER.search(body), path.name
+        assert set(gen_configs.PLACEHOLDER.findall(head)) <= set(values), path.name
+    assert not any('{{' in text for text in gen_configs.rendered_zoo().values())
+
+
+@pytest.mark.parametrize('module', [gen_configs, cfg_tools], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_records_refuse_values_the_templates_cannot_write():
+    with pytest.raises(ValueError, match='no PROMPT_TEMPLATE named'):
+        gen_configs.Model(family='x', key='x', hub_id='x/x', title='X', template='no_such_template',
+                          template_why='.', zoo=gen_configs.methods(qlora=['alpaca']))
+    with pytest.raises(ValueError, match='importable from xft.dataset.map_fns'):
+        gen_configs.Dataset(key='x', title='X', path='x', path_why='.', map_fn=lambda row: row,
+                            map_fn_why='.', epochs=1)
+    with pytest.raises(TypeError):
+        gen_configs.Dataset('x', 'X', 'x', '.', None, '.', 1)  # keyword records only
 
 
 @pytest.fixture(scope='module')
@@ -129,11 +322,9 @@ def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, sma
     from xft.utils import IGNORE_INDEX
 
     paths = zoo_files()
-    assert len(paths) == len(list(CONFIGS.rglob('*.py'))) - len(HAND_WRITTEN & {
-        p.name for p in CONFIGS.glob('*.py')}), 'a config in configs/ is neither zoo nor hand-written'
-    assert len(paths) == len(gen_configs.zoo_entries())
     built = 0
     for path in paths:
+        entry = gen_configs.entry_named(path.stem)
         cfg = Config.fromfile(str(tiny_config(path, tiny_llama_dir, small_files, tmp_path)))
         dataset_cfg = dict(cfg.train_dataloader.dataset, max_dataset_length=8, map_num_proc=1)
         dataset = DATASETS.build(dataset_cfg)
@@ -142,22 +333,23 @@ def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, sma
 
         model = MODELS.build(cfg.model)
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        method = path.stem.split('_')[[i for i, part in enumerate(path.stem.split('_'))
-                                       if part in ('qlora', 'lora', 'full')][0]]
-        if method == 'full':
+        if entry.method == 'full':
             assert len(trainable) == len(list(model.parameters())), path.stem
         else:
             assert trainable and all('lora_' in name for name in trainable), path.stem
             targets = cfg.lora_target_modules
             if targets is not None:
                 assert {name.split('.lora_')[0].split('.')[-1] for name in trainable} == set(targets)
+            dropout = {m.p for name, m in model.named_modules()
+                       if isinstance(m, torch.nn.Dropout) and 'lora_dropout' in name}
+            assert dropout == {cfg.lora_dropout}, path.stem
         quantized = any(type(m).__name__ == 'Linear4bit' for m in model.modules())
-        assert quantized == (method == 'qlora'), path.stem
+        assert quantized == (entry.method == 'qlora'), path.stem
 
         hooks = [HOOKS.build(dict(hook)) for hook in cfg.custom_hooks]
         assert [type(h).__name__ for h in hooks] == ['DatasetInfoHook', 'EvaluateChatHook', 'LossCurveHook']
         built += 1
-    assert built == len(paths)
+    assert built == len(list(CONFIGS.rglob('*.py'))) - len(HAND_WRITTEN)
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
