@@ -17,7 +17,7 @@ import argparse
 import re
 import sys
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -283,13 +283,14 @@ MODELS = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
-    """One zoo config: a model, a method and a dataset (and, for a twin, its other name)."""
+    """One config the generator writes: a model, a method and a dataset (and, for a twin, the
+    other name it is written under)."""
     model: Model
     method: str
     dataset: Dataset
-    twin_name: Optional[str] = field(default=None, compare=False)
+    twin_name: Optional[str] = None
 
     @property
     def zoo_name(self) -> str:
@@ -319,11 +320,19 @@ TWINS = {'internlm_7b_qlora_oasst1': 'internlm_7b_qlora_oasst1_e3'}
 
 def zoo_entries() -> list:
     """Every config the generator writes: the zoo, then the twins."""
-    entries = [Entry(model, method, DATASETS[key])
-               for model in MODELS for method, keys in model.zoo.items() for key in keys]
+    entries = []
+    for model in MODELS:
+        for method, keys in model.zoo.items():
+            for key in keys:
+                if key not in DATASETS:
+                    raise ValueError(f'model {model.key}: no dataset {key!r} in DATASETS')
+                entries.append(Entry(model=model, method=method, dataset=DATASETS[key]))
     by_name = {entry.name: entry for entry in entries}
-    return entries + [Entry(by_name[zoo].model, by_name[zoo].method, by_name[zoo].dataset, twin)
-                      for twin, zoo in TWINS.items()]
+    for twin, zoo_name in TWINS.items():
+        if zoo_name not in by_name:
+            raise ValueError(f'TWINS: {twin} names no zoo config {zoo_name!r}')
+        entries.append(replace(by_name[zoo_name], twin_name=twin))
+    return entries
 
 
 def entry_named(name: str) -> Optional[Entry]:
