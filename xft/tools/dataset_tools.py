@@ -166,11 +166,12 @@ def list_dataset_format_main(argv) -> int:
         prog='xft list-dataset-format',
         description='List the dataset map functions, the fields each reads, and the templates.')
     parser.parse_args(argv)
-    from xft.dataset.map_fns import MAP_FN_FIELDS
+    from xft.dataset.map_fns import registered_map_fns
+    from xft.dataset.map_fns._fields import describe_fields
     from xft.utils.templates import PROMPT_TEMPLATE
     print('dataset_map_fn (import from xft.dataset.map_fns)   fields of one raw row')
-    for name, fields in MAP_FN_FIELDS.items():
-        print(f'  {name:28s}{fields}')
+    for name, map_fn in registered_map_fns().items():
+        print(f'  {name:28s}{describe_fields(map_fn)}')
     print('\nWithout a dataset_map_fn, rows must already be in the conversation format:\n'
           '  {"conversation": [{"system": "...", "input": "...", "output": "..."}, ...]}\n'
           '  (system optional; every output, plus the template SUFFIX or EOS, is trained)')
