@@ -42,7 +42,7 @@ def test_register_map_fn_is_the_only_step_for_a_new_map_fn():
                                   'output': require_text(example, 'reply', faq_test_only_map_fn,
                                                          default='')}]}
     try:
-        from xft.dataset.pipeline import resolve_map_fn
+        from xft.dataset.options import resolve_map_fn
         assert resolve_map_fn('faq_test_only_map_fn') is faq_test_only_map_fn
         assert faq_test_only_map_fn.fields == ('question', 'reply (optional)')
         assert describe_fields(faq_test_only_map_fn) == 'question, reply (optional); or q, a'

@@ -5,15 +5,15 @@ file is reported as one line naming the file and the line (``data.jsonl line 18:
 and so that a ``.jsonl`` file that really holds one JSON array (the MedQA2019 example) loads too.
 A JSONL line that is a bare list is read as ``{'messages': [...]}`` (XTuner's openai_sft.jsonl).
 
-Every loader returns a ``Source``: the dataset plus ``where(index)``, which names the file and
-line of a row so later steps can point at it.
+Every loader returns a ``datasets.Dataset`` whose ``ORIGIN`` column names the file and line (or
+row) each row came from: the origin travels with the row through mapping, sampling and dropping,
+so a later step that fails on a row names it (``data.json row 17: ...``). The encode step drops
+the column.
 """
 import json
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
 
@@ -29,17 +29,12 @@ LOCAL_BUILDERS = ('json', 'text', 'parquet', 'csv')
 HUB_HOST = ('huggingface.co', 443)
 HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE_FLAGS = ('1', 'ON', 'YES', 'TRUE')
-
-
-@dataclass
-class Source:
-    """A loaded dataset and a way to name where its row ``index`` came from."""
-    dataset: datasets.Dataset
-    where: Callable[[int], str]
+# The column naming where each row came from ('data.jsonl line 18', 'dataset row 3').
+ORIGIN = '_xft_origin'
 
 
 def load_source(spec, split='train'):
-    """Load what a config's ``dataset=`` names. See the module docstring for the accepted forms."""
+    """Load what a config's ``dataset=`` names, with an ``ORIGIN`` column (module docstring)."""
     if isinstance(spec, datasets.DatasetDict):
         return _whole(_pick_split(spec, split, 'the dataset'), 'dataset')
     if isinstance(spec, datasets.Dataset):
@@ -75,8 +70,7 @@ def load_files(paths):
         origins.extend(file_origins)
     if not rows:
         raise DataError(f'{_names(paths)}: no rows')
-    dataset = _rows_to_dataset(rows, origins)
-    return Source(dataset, lambda index: origins[index])
+    return _rows_to_dataset(rows, origins)
 
 
 def read_rows(path):
@@ -229,6 +223,7 @@ def _rows_to_dataset(rows, origins):
     _check_top_level_types(rows, origins)
     keys = list(dict.fromkeys(key for row in rows for key in row))
     columns = {key: [row.get(key) for row in rows] for key in keys}
+    columns[ORIGIN] = origins
     try:
         return datasets.Dataset.from_dict(columns)
     except Exception as error:  # pyarrow.ArrowInvalid / ArrowTypeError on mixed nested types
@@ -258,7 +253,11 @@ def _kind(value):
 
 
 def _whole(dataset, name):
-    return Source(dataset, lambda index: f'{name} row {index}')
+    """A dataset given whole (a hub set, a datasets.Dataset): its rows are named by index.
+    One already carrying origins (loaded here before) keeps them."""
+    if ORIGIN in dataset.column_names:
+        return dataset
+    return dataset.add_column(ORIGIN, [f'{name} row {index}' for index in range(len(dataset))])
 
 
 def _pick_split(dataset_dict, split, name):

@@ -219,26 +219,23 @@ def dataset_entries(cfg):
 
 
 def pipeline_inputs(entry, max_rows=None):
-    """(raw dataset spec, validated PipelineOptions) of one process_hf_dataset entry."""
-    import inspect
+    """(raw dataset spec, checked PipelineOptions) of one process_hf_dataset entry."""
+    from xft.dataset.options import PipelineOptions
 
-    from xft.dataset.pipeline import validate_options
-    kwargs = {key: value for key, value in entry.items() if key != 'type'}
+    kwargs = {key: value for key, value in entry.items() if key not in ('type', 'cache_dir')}
     dataset = kwargs.pop('dataset', None)
     if dataset is None:
         raise ConfigError('process_hf_dataset entry has no dataset=')
-    accepted = inspect.signature(validate_options).parameters
-    unknown = sorted(set(kwargs) - set(accepted) - {'cache_dir'})
-    if unknown:
-        raise ConfigError(f'process_hf_dataset got unknown arguments: {", ".join(unknown)}')
-    options = {key: value for key, value in kwargs.items() if key in accepted}
     if max_rows is not None:
-        options['max_dataset_length'] = max_rows
-    return dataset, validate_options(**options)
+        kwargs['max_dataset_length'] = max_rows
+    return dataset, PipelineOptions.from_arguments(**kwargs)
 
 
 def describe_row(row, tokenizer):
-    """A short printable view of one row at any stage."""
+    """A short printable view of one row at any stage (its origin column left out)."""
+    from xft.dataset.load import ORIGIN
+
+    row = {key: value for key, value in row.items() if key != ORIGIN}
     if 'input_ids' in row and 'labels' in row:
         text = masked_text(row['input_ids'], row['labels'], tokenizer)
         extra = f' cumulative_len={row["cumulative_len"]}' if 'cumulative_len' in row else ''
