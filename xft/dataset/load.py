@@ -11,12 +11,11 @@ so a later step that fails on a row names it (``data.json row 17: ...``). The en
 the column.
 """
 import json
-import os
-import socket
 from pathlib import Path
 
 import datasets
 
+from xft.utils.env import env_flag
 from xft.utils.errors import ConfigError, DataError
 
 JSON_SUFFIXES = ('.json', '.jsonl')
@@ -26,9 +25,6 @@ CSV_SUFFIXES = ('.csv',)
 DATA_SUFFIXES = JSON_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES
 # datasets' builder names a config may pass as load_dataset(path=..., data_files=...).
 LOCAL_BUILDERS = ('json', 'text', 'parquet', 'csv')
-HUB_HOST = ('huggingface.co', 443)
-HUB_PROBE_TIMEOUT_S = 3.0
-_TRUE_FLAGS = ('1', 'ON', 'YES', 'TRUE')
 # The column naming where each row came from ('data.jsonl line 18', 'dataset row 3').
 ORIGIN = '_xft_origin'
 
@@ -115,15 +111,35 @@ def read_rows(path):
 
 
 def load_hub(name, split='train', **kwargs):
-    """A hub dataset; offline, fail at once with one line instead of retrying for ~50 s."""
-    if _env_flag('HF_DATASETS_OFFLINE') or _env_flag('HF_HUB_OFFLINE') or not _hub_reachable():
-        raise DataError(f'dataset {name!r} is not a local file or folder and the Hugging Face hub '
-                        'cannot be reached (offline); download it and point the config at the '
-                        'local path')
-    loaded = datasets.load_dataset(name, **kwargs)
+    """A hub dataset; offline, fail at once with one line instead of retrying for ~50 s.
+
+    Offline is what huggingface_hub itself reads (``HF_HUB_OFFLINE``), so a mirror named by
+    ``HF_ENDPOINT`` is used when online. A hub that cannot be reached while online ends in the
+    same one line, after datasets' own retries.
+    """
+    if hub_offline():
+        raise DataError(_unreachable(name))
+    try:
+        loaded = datasets.load_dataset(name, **kwargs)
+    except ConnectionError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(_unreachable(name, reason)) from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = _pick_split(loaded, split, f'dataset {name!r}')
     return _whole(loaded, f'dataset {name!r}')
+
+
+def hub_offline() -> bool:
+    """True when the hub is switched off: huggingface_hub's offline constant (read when it was
+    imported), or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set since."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or env_flag('HF_HUB_OFFLINE') or \
+        env_flag('HF_DATASETS_OFFLINE')
+
+
+def _unreachable(name, why='offline'):
+    return (f'dataset {name!r} is not a local file or folder and the Hugging Face hub cannot be '
+            f'reached ({why}); download it and point the config at the local path')
 
 
 def _load_config_entry(spec, split):
@@ -269,14 +285,3 @@ def _pick_split(dataset_dict, split, name):
 def _names(paths):
     return ', '.join(str(p) for p in paths[:3]) + (' ...' if len(paths) > 3 else '')
 
-
-def _env_flag(name):
-    return os.environ.get(name, '').strip().upper() in _TRUE_FLAGS
-
-
-def _hub_reachable():
-    try:
-        with socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False

@@ -1,5 +1,4 @@
 """Finding, loading and adapting configs: the steps shared by every command that takes one."""
-import os
 import re
 from pathlib import Path
 
@@ -54,10 +53,3 @@ def user_message(error: Exception) -> str:
         message = _BUILD_PREFIX.sub('', message, count=1)
     return message.splitlines()[0] if message else type(error).__name__
 
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """Parse a boolean environment variable explicitly ('1', 'true', 'yes', 'on' are true)."""
-    value = os.environ.get(name)
-    if value is None or value.strip() == '':
-        return default
-    return value.strip().lower() in ('1', 'true', 'yes', 'on')
