@@ -85,10 +85,11 @@ def test_counts_reach_the_log(shared_data, tiny_tokenizer, capsys):
 
 
 def test_samples_left_without_trained_tokens_are_dropped_and_counted(toy_rows, tiny_tokenizer):
-    from xft.dataset.pipeline import run_pipeline, validate_options
+    from xft.dataset.options import PipelineOptions
+    from xft.dataset.pipeline import run_pipeline
     # Long prompts and max_length 12: the answers of every sample are cut away.
-    options = validate_options(tokenizer=tiny_tokenizer, max_length=12,
-                               template_map_fn=chatml(), pack_to_max_length=False)
+    options = PipelineOptions(tokenizer=tiny_tokenizer, max_length=12,
+                              template_map_fn=chatml(), pack_to_max_length=False)
     data, stats = run_pipeline(toy_rows, options)
     assert stats.samples_truncated == 12
     assert stats.samples_without_loss == 12 - len(data)
@@ -96,17 +97,17 @@ def test_samples_left_without_trained_tokens_are_dropped_and_counted(toy_rows, t
 
 
 def test_oasst1_folder_drops_foreign_rows_and_says_so(shared_data, tiny_tokenizer):
-    from xft.dataset.load import load_source
-    from xft.dataset.pipeline import empty_conversations, map_rows, validate_options
-    options = validate_options(tokenizer=tiny_tokenizer, max_length=2048,
-                               dataset_map_fn=oasst1_map_fn, pack_to_max_length=False)
-    source = load_source(shared_data / 'oasst1_guanaco')
-    mapped = map_rows(source.dataset, source.where, options)
+    from xft.dataset.load import ORIGIN, load_source
+    from xft.dataset.options import PipelineOptions
+    from xft.dataset.pipeline import empty_conversations, map_rows
+    options = PipelineOptions(tokenizer=tiny_tokenizer, max_length=2048,
+                              dataset_map_fn=oasst1_map_fn, pack_to_max_length=False)
+    mapped = map_rows(load_source(shared_data / 'oasst1_guanaco'), options)
     empty = empty_conversations(mapped)
     # The Llama-2-templated file in the folder has no '### Human:' markers: its 1000 rows map
     # to empty conversations, which run_pipeline drops, counts and names in the log.
     assert len(empty) == 1000
-    assert source.where(empty[0]).endswith('guanaco_llama2_1k.jsonl line 1')
+    assert mapped[empty[0]][ORIGIN].endswith('guanaco_llama2_1k.jsonl line 1')
     assert len(mapped) - len(empty) == 318 + 997
 
 
@@ -156,13 +157,14 @@ def test_saved_dataset_is_reloaded_without_reprocessing(toy_rows, tiny_tokenizer
 
 
 def test_alpaca_nooutput_rows_are_dropped_and_counted(tmp_path, tiny_tokenizer):
-    from xft.dataset.pipeline import run_pipeline, validate_options
+    from xft.dataset.options import PipelineOptions
+    from xft.dataset.pipeline import run_pipeline
     rows = [{'instruction': 'Draw a cat.', 'input': '', 'output': '<nooutput>'},
             {'instruction': 'Say hi.', 'input': '', 'output': 'Hi.'}]
     path = tmp_path / 'alpaca.json'
     path.write_text(json.dumps(rows))
-    options = validate_options(tokenizer=tiny_tokenizer, max_length=64,
-                               dataset_map_fn=alpaca_map_fn, pack_to_max_length=False)
+    options = PipelineOptions(tokenizer=tiny_tokenizer, max_length=64,
+                              dataset_map_fn=alpaca_map_fn, pack_to_max_length=False)
     data, stats = run_pipeline(path, options)
     assert stats.rows_dropped_by_map_fn == 1 and len(data) == 1
     assert stats.first_dropped_row == f'{path} row 0'

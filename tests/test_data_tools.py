@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from xft.dataset.tools import (check_custom_dataset_main, list_dataset_format_main,
-                               log_dataset_main)
+from xft.tools.dataset_tools import (check_custom_dataset_main, list_dataset_format_main,
+                                     log_dataset_main)
 
 CONFIG = '''
 from datasets import load_dataset

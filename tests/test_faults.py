@@ -16,7 +16,7 @@ from conftest_faults import (REFERENCE_OPTIONS, assert_same_curve, last_checkpoi
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.faults import PARTIAL_PREFIX, atomic_write_text, partial_path, save_failure_message
-from xft.engine.nonfinite import FiniteLossGuard, NonFiniteLoss
+from xft.engine.nonfinite import FiniteLossGuard, NonFiniteLossError
 
 
 def test_sigterm_inside_an_accumulation_window_saves_and_resume_auto_continues_the_same_curve(
@@ -170,7 +170,7 @@ def _sgd_guard(policy, accumulation=1):
 
 def test_guard_stop_refuses_before_backward():
     weight, guard = _sgd_guard('stop')
-    with pytest.raises(NonFiniteLoss):
+    with pytest.raises(NonFiniteLossError):
         guard.update_params((weight * float('inf')).sum())
     assert weight.grad is None and weight.tolist() == [1.0, 1.0]
 

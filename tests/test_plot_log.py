@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from xft.engine import loss_curve
 from xft.tools import plot_log
 from xft.utils.errors import UserError
 
@@ -31,15 +32,15 @@ def test_plot_log_reads_the_newest_run_and_writes_a_png(tmp_path, capsys):
     png = tmp_path / 'loss_curve.png'
     assert capsys.readouterr().out.strip() == str(png)
     assert png.read_bytes()[:8] == PNG_MAGIC
-    newest = plot_log.read_scalars(plot_log.find_scalar_files(tmp_path))
-    assert plot_log.series(newest, 'loss') == ([1, 2, 3, 4, 5], pytest.approx([4.9, 4.8, 4.7, 4.6, 4.5]))
+    newest = loss_curve.read_scalars(loss_curve.find_scalar_files(tmp_path))
+    assert loss_curve.series(newest, 'loss') == ([1, 2, 3, 4, 5], pytest.approx([4.9, 4.8, 4.7, 4.6, 4.5]))
 
 
 def test_all_runs_join_a_resumed_run_with_the_later_row_winning(tmp_path):
     write_run(tmp_path, '20261129_100000', rows(range(1, 7), 9.0))   # crashed after 6
     write_run(tmp_path, '20261129_110000', rows(range(5, 9), 1.0))   # resumed at 4
-    joined = plot_log.read_scalars(plot_log.find_scalar_files(tmp_path, all_runs=True))
-    iterations, losses = plot_log.series(joined, 'loss')
+    joined = loss_curve.read_scalars(loss_curve.find_scalar_files(tmp_path, all_runs=True))
+    iterations, losses = loss_curve.series(joined, 'loss')
     assert iterations == list(range(1, 9))
     assert losses[:4] == pytest.approx([8.9, 8.8, 8.7, 8.6]) and losses[4] == pytest.approx(0.5)
     out = tmp_path / 'curves' / 'all.png'
@@ -49,7 +50,7 @@ def test_all_runs_join_a_resumed_run_with_the_later_row_winning(tmp_path):
 
 def test_plot_log_takes_a_scalars_file_too(tmp_path):
     scalars = write_run(tmp_path, 'run', rows(range(1, 3), 2.0))
-    assert plot_log.plot_work_dir(scalars) == scalars.parent / 'loss_curve.png'
+    assert loss_curve.plot_work_dir(scalars) == scalars.parent / 'loss_curve.png'
 
 
 @pytest.mark.parametrize('setup, message', [
@@ -121,8 +122,8 @@ def test_loss_curve_hook_writes_the_png_when_training_ends(tmp_path):
     runner.train()
     png = tmp_path / 'run' / 'loss_curve.png'
     assert png.read_bytes()[:8] == PNG_MAGIC
-    logged = plot_log.read_scalars(plot_log.find_scalar_files(tmp_path / 'run'))
-    assert plot_log.series(logged, 'loss')[0] == [1, 2, 3, 4]
+    logged = loss_curve.read_scalars(loss_curve.find_scalar_files(tmp_path / 'run'))
+    assert loss_curve.series(logged, 'loss')[0] == [1, 2, 3, 4]
 
 
 def test_loss_curve_hook_without_logged_iterations_warns_instead_of_failing(tmp_path):

@@ -10,6 +10,7 @@ encode (text -> ids)       ``encode.py``     the one place samples become token 
 pack                       ``packing.py``
 collate                    ``collate_fns.py``
 all steps, in order        ``pipeline.py``   process_hf_dataset
+its options, checked once  ``options.py``    PipelineOptions (and the cache key)
 =========================  ============================================================
 """
 from .concat_dataset import ConcatDataset

@@ -5,18 +5,17 @@ file is reported as one line naming the file and the line (``data.jsonl line 18:
 and so that a ``.jsonl`` file that really holds one JSON array (the MedQA2019 example) loads too.
 A JSONL line that is a bare list is read as ``{'messages': [...]}`` (XTuner's openai_sft.jsonl).
 
-Every loader returns a ``Source``: the dataset plus ``where(index)``, which names the file and
-line of a row so later steps can point at it.
+Every loader returns a ``datasets.Dataset`` whose ``ORIGIN`` column names the file and line (or
+row) each row came from: the origin travels with the row through mapping, sampling and dropping,
+so a later step that fails on a row names it (``data.json row 17: ...``). The encode step drops
+the column.
 """
 import json
-import os
-import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
 
+from xft.utils.env import env_flag
 from xft.utils.errors import ConfigError, DataError
 
 JSON_SUFFIXES = ('.json', '.jsonl')
@@ -26,20 +25,12 @@ CSV_SUFFIXES = ('.csv',)
 DATA_SUFFIXES = JSON_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES
 # datasets' builder names a config may pass as load_dataset(path=..., data_files=...).
 LOCAL_BUILDERS = ('json', 'text', 'parquet', 'csv')
-HUB_HOST = ('huggingface.co', 443)
-HUB_PROBE_TIMEOUT_S = 3.0
-_TRUE_FLAGS = ('1', 'ON', 'YES', 'TRUE')
-
-
-@dataclass
-class Source:
-    """A loaded dataset and a way to name where its row ``index`` came from."""
-    dataset: datasets.Dataset
-    where: Callable[[int], str]
+# The column naming where each row came from ('data.jsonl line 18', 'dataset row 3').
+ORIGIN = '_xft_origin'
 
 
 def load_source(spec, split='train'):
-    """Load what a config's ``dataset=`` names. See the module docstring for the accepted forms."""
+    """Load what a config's ``dataset=`` names, with an ``ORIGIN`` column (module docstring)."""
     if isinstance(spec, datasets.DatasetDict):
         return _whole(_pick_split(spec, split, 'the dataset'), 'dataset')
     if isinstance(spec, datasets.Dataset):
@@ -75,8 +66,7 @@ def load_files(paths):
         origins.extend(file_origins)
     if not rows:
         raise DataError(f'{_names(paths)}: no rows')
-    dataset = _rows_to_dataset(rows, origins)
-    return Source(dataset, lambda index: origins[index])
+    return _rows_to_dataset(rows, origins)
 
 
 def read_rows(path):
@@ -121,15 +111,35 @@ def read_rows(path):
 
 
 def load_hub(name, split='train', **kwargs):
-    """A hub dataset; offline, fail at once with one line instead of retrying for ~50 s."""
-    if _env_flag('HF_DATASETS_OFFLINE') or _env_flag('HF_HUB_OFFLINE') or not _hub_reachable():
-        raise DataError(f'dataset {name!r} is not a local file or folder and the Hugging Face hub '
-                        'cannot be reached (offline); download it and point the config at the '
-                        'local path')
-    loaded = datasets.load_dataset(name, **kwargs)
+    """A hub dataset; offline, fail at once with one line instead of retrying for ~50 s.
+
+    Offline is what huggingface_hub itself reads (``HF_HUB_OFFLINE``), so a mirror named by
+    ``HF_ENDPOINT`` is used when online. A hub that cannot be reached while online ends in the
+    same one line, after datasets' own retries.
+    """
+    if hub_offline():
+        raise DataError(_unreachable(name))
+    try:
+        loaded = datasets.load_dataset(name, **kwargs)
+    except ConnectionError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(_unreachable(name, reason)) from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = _pick_split(loaded, split, f'dataset {name!r}')
     return _whole(loaded, f'dataset {name!r}')
+
+
+def hub_offline() -> bool:
+    """True when the hub is switched off: huggingface_hub's offline constant (read when it was
+    imported), or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set since."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or env_flag('HF_HUB_OFFLINE') or \
+        env_flag('HF_DATASETS_OFFLINE')
+
+
+def _unreachable(name, why='offline'):
+    return (f'dataset {name!r} is not a local file or folder and the Hugging Face hub cannot be '
+            f'reached ({why}); download it and point the config at the local path')
 
 
 def _load_config_entry(spec, split):
@@ -229,6 +239,7 @@ def _rows_to_dataset(rows, origins):
     _check_top_level_types(rows, origins)
     keys = list(dict.fromkeys(key for row in rows for key in row))
     columns = {key: [row.get(key) for row in rows] for key in keys}
+    columns[ORIGIN] = origins
     try:
         return datasets.Dataset.from_dict(columns)
     except Exception as error:  # pyarrow.ArrowInvalid / ArrowTypeError on mixed nested types
@@ -258,7 +269,11 @@ def _kind(value):
 
 
 def _whole(dataset, name):
-    return Source(dataset, lambda index: f'{name} row {index}')
+    """A dataset given whole (a hub set, a datasets.Dataset): its rows are named by index.
+    One already carrying origins (loaded here before) keeps them."""
+    if ORIGIN in dataset.column_names:
+        return dataset
+    return dataset.add_column(ORIGIN, [f'{name} row {index}' for index in range(len(dataset))])
 
 
 def _pick_split(dataset_dict, split, name):
@@ -270,14 +285,3 @@ def _pick_split(dataset_dict, split, name):
 def _names(paths):
     return ', '.join(str(p) for p in paths[:3]) + (' ...' if len(paths) > 3 else '')
 
-
-def _env_flag(name):
-    return os.environ.get(name, '').strip().upper() in _TRUE_FLAGS
-
-
-def _hub_reachable():
-    try:
-        with socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False

@@ -1,5 +1,4 @@
 """Finding, loading and adapting configs: the steps shared by every command that takes one."""
-import os
 import re
 from pathlib import Path
 
@@ -30,12 +29,17 @@ def resolve_config(name_or_path: str) -> Path:
 
 
 def load_config(name_or_path: str, cfg_options: dict = None) -> Config:
+    """The config every command loads: a path or a zoo name, with ``--cfg-options`` merged.
+
+    A config is Python, so any error raised while it runs is the user's: it becomes one
+    ConfigError line naming the file.
+    """
     path = resolve_config(name_or_path)
     try:
         cfg = Config.fromfile(str(path))
     except SyntaxError as error:
         raise ConfigError(f'{path} line {error.lineno}: {error.msg}') from None
-    except (ImportError, NameError, KeyError, AttributeError) as error:
+    except Exception as error:  # ImportError, NameError, a failing call in the config ...
         raise ConfigError(f'{path}: {type(error).__name__}: {error}') from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -49,10 +53,3 @@ def user_message(error: Exception) -> str:
         message = _BUILD_PREFIX.sub('', message, count=1)
     return message.splitlines()[0] if message else type(error).__name__
 
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """Parse a boolean environment variable explicitly ('1', 'true', 'yes', 'on' are true)."""
-    value = os.environ.get(name)
-    if value is None or value.strip() == '':
-        return default
-    return value.strip().lower() in ('1', 'true', 'yes', 'on')

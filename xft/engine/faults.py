@@ -1,5 +1,6 @@
-"""What a training run does when the world misbehaves: the errors it stops with, and
-writing files so that a killed process never leaves a half-written one under a real name.
+"""What a training run does when the world misbehaves: the error a failed save stops with, and
+writing files so that a killed process never leaves a half-written one under a real name
+(a NaN loss has its own module, ``xft.engine.nonfinite``).
 
 A checkpoint (file or DeepSpeed folder) is written under a hidden partial name beside its
 final name and renamed into place only when complete; ``last_checkpoint`` is replaced the
@@ -21,10 +22,6 @@ PARTIAL_PREFIX = '.partial-'
 
 class CheckpointSaveError(UserError):
     """A checkpoint could not be written; the previous one is intact."""
-
-
-class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; training stopped before the optimizer step."""
 
 
 def partial_path(final_path) -> Path:

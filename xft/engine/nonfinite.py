@@ -17,14 +17,20 @@ import math
 import torch
 from mmengine.dist import all_reduce, get_world_size
 
+from xft.utils.errors import UserError
+
 NONFINITE_POLICIES = ('stop', 'skip')
 
 
-class NonFiniteLoss(Exception):
-    """Raised by the guard in 'stop' mode; TrainLoop turns it into a user-facing error."""
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; training stopped before the optimizer step.
 
-    def __init__(self, value: float):
-        super().__init__(f'loss is {value}')
+    The guard raises it with the value alone ('loss is nan', ``value`` set); TrainLoop raises it
+    again with the iteration and the dataset rows that gave the loss, the line the user reads.
+    """
+
+    def __init__(self, message, value: float = None):
+        super().__init__(message)
         self.value = value
 
 
@@ -71,7 +77,7 @@ class FiniteLossGuard:
         if not finite:
             self.last_value = float(loss.detach().float()) if loss.numel() == 1 else math.nan
             if self._policy == 'stop':
-                raise NonFiniteLoss(self.last_value)
+                raise NonFiniteLossError(f'loss is {self.last_value}', self.last_value)
             if not self._window_poisoned:
                 self.skipped_windows += 1
             self._window_poisoned = True

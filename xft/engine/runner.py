@@ -7,9 +7,8 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
-from xft.engine.faults import NonFiniteLossError
 from xft.engine.schedulers import drop_empty_schedulers
-from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLoss
+from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLossError
 from xft.utils.errors import ConfigError
 
 # The custom hook point called once a resumed run's dataloader stands where the saved run
@@ -180,7 +179,7 @@ class TrainLoop(IterBasedTrainLoop):
         skipped = guard.skipped_windows
         try:
             outputs = self.runner.model.train_step(data_batch, optim_wrapper=guard)
-        except NonFiniteLoss as error:
+        except NonFiniteLossError as error:
             raise NonFiniteLossError(self._describe_nonfinite(error.value, data_batch)) from None
         if guard.skipped_windows != skipped:
             print_log(f'{self._describe_nonfinite(guard.last_value, data_batch)}; '

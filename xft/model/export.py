@@ -13,15 +13,17 @@ The base model is never loaded: its architecture is built on the meta device fro
 ``config.json`` (no memory, no GPU, also for QLoRA: quantization changes the module classes,
 never the module names, so the adapter's keys and target modules are the same). Checkpoint
 tensors are then *assigned* into the meta model, so each weight lives in memory once.
-A DeepSpeed checkpoint folder (``iter_N.pth/``) is read through DeepSpeed's ``zero_to_fp32``.
+
+This module takes a loaded config and a state dict; reading them (``xft.engine.config``,
+``xft.engine.checkpoint``) is the engine's job, so the model layer imports nothing above it.
 
 Example::
 
-    cfg = load_training_config('configs/smollm2_135m_qlora_self_cognition.py')
-    state = llm_state_dict(read_checkpoint_state_dict('work_dirs/x/iter_40.pth'))
+    cfg = load_config('configs/smollm2_135m_qlora_self_cognition.py')   # xft.engine.config
+    require_llm(cfg)
+    state = llm_state_dict(read_checkpoint_state_dict('work_dirs/x/iter_40.pth'))  # engine
     export_adapter(cfg, state, 'work_dirs/x/hf_adapter')
 """
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,6 @@ from typing import Optional
 
 import torch
 
-from xft.engine.checkpoint import load_checkpoint_file, mmengine_globals
-from xft.engine.config import load_config
 from xft.model.lora import build_lora_config
 from xft.registry import build_nested
 from xft.utils.errors import ConfigError, UserError
@@ -53,63 +53,11 @@ class LlmSource:
     dtype: Optional[torch.dtype]
 
 
-def load_training_config(config_path, cfg_options=None):
-    """Read a training config (a path or a zoo name) that declares ``model.llm``."""
-    cfg = load_config(config_path, cfg_options)
+def require_llm(cfg):
+    """Raise ConfigError unless the loaded training config declares ``model.llm``."""
     if 'model' not in cfg or 'llm' not in cfg.model:
-        raise ConfigError(f'{config_path}: expected a `model = dict(..., llm=dict(...))` entry')
-    return cfg
-
-
-def _load_mapped(path):
-    """Load a checkpoint memory-mapped: only the tensors the export touches are read.
-
-    A full fine-tune's checkpoint also holds the optimizer state (AdamW: twice the weights);
-    mapped, it is never read into memory. Measured on a 1.8 GB SmolLM2-135M full checkpoint
-    with AdamW state, the conversion's peak RSS fell from 2.26 GB to 1.32 GB.
-    """
-    try:
-        with torch.serialization.safe_globals(mmengine_globals()):
-            return torch.load(str(path), map_location='cpu', weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError):  # not a zip-format file: no mapping
-        return load_checkpoint_file(path)
-
-
-def read_deepspeed_state_dict(folder):
-    """The float32 trained weights of a DeepSpeed checkpoint folder.
-
-    mmengine's FlexibleRunner with DeepSpeed (``xft train CONFIG --deepspeed ...``) saves
-    ``work_dir/iter_N.pth/`` as a folder (``mp_rank_00_model_states.pt`` plus the ZeRO optimizer
-    partitions). DeepSpeed's own ``zero_to_fp32`` consolidates the float32 master weights from
-    the partitions, for ZeRO 1, 2 and 3 alike.
-    """
-    folder = Path(folder)
-    try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    except ImportError:
-        raise UserError(f'{folder}: a DeepSpeed checkpoint folder; reading it needs deepspeed '
-                        '(pip install deepspeed)') from None
-    if not any(folder.glob('*model_states.pt')):
-        raise UserError(f'{folder}: a folder without DeepSpeed model states '
-                        '(*model_states.pt); expected an iter_N.pth file or DeepSpeed folder')
-    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name,
-                                                    exclude_frozen_parameters=True)
-
-
-def read_checkpoint_state_dict(pth_path):
-    """The model state dict of an mmengine checkpoint file or DeepSpeed checkpoint folder."""
-    path = Path(pth_path)
-    if path.is_dir():
-        return read_deepspeed_state_dict(path)
-    if not path.is_file():
-        raise UserError(f'{pth_path}: checkpoint file not found')
-    checkpoint = _load_mapped(path)
-    if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
-        return checkpoint['state_dict']
-    if isinstance(checkpoint, dict) and checkpoint and all(
-            isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return checkpoint
-    raise UserError(f'{pth_path}: expected an mmengine checkpoint with a `state_dict` entry')
+        raise ConfigError(f'{cfg.filename or "the config"}: expected a '
+                          '`model = dict(..., llm=dict(...))` entry')
 
 
 def llm_state_dict(state_dict):

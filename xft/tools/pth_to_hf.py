@@ -68,14 +68,16 @@ def convert(args):
 
     from xft.model.chat_template import (add_stop_tokens_to_generation_config,
                                          save_tokenizer_with_chat_template)
+    from xft.engine.checkpoint import read_checkpoint_state_dict
+    from xft.engine.config import load_config
     from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
-                                  llm_state_dict, load_training_config,
-                                  read_checkpoint_state_dict, save_config_beside)
+                                  llm_state_dict, require_llm, save_config_beside)
     from xft.registry import build_nested
 
     progress = _Progress(STEPS)
     progress.step(f'reading config {args.config}')
-    cfg = load_training_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
+    require_llm(cfg)
 
     progress.step(f'reading checkpoint {args.pth_model}')
     state_dict = llm_state_dict(read_checkpoint_state_dict(args.pth_model))

@@ -3,5 +3,7 @@
 # Label value that carries no loss (torch's CrossEntropyLoss ignore_index default).
 IGNORE_INDEX = -100
 
-# Placeholder for the image token of multimodal templates; kept for XTuner parity.
+# The token id ``default_collate_fn`` pads ``input_ids`` with when a config gives no
+# ``pad_index`` (XTuner's name and value). Padded positions are masked out by attention_mask and
+# labelled IGNORE_INDEX, so the id itself never reaches the loss.
 DEFAULT_PAD_TOKEN_INDEX = 0

@@ -6,7 +6,7 @@ no reply at all maps to [] and the pipeline drops and counts the row.
 """
 import re
 
-from xft.registry import MAP_FUNC
+from xft.registry import register_map_fn
 from xft.utils.errors import DataError
 
 from ._fields import require_list, require_text
@@ -14,6 +14,10 @@ from ._fields import require_list, require_text
 # Guanaco marks turns with '### Human:' / '### Assistant:'. Splitting on these markers (not on
 # every '###', as XTuner does) keeps markdown headings inside a reply intact.
 _GUANACO_TURN = re.compile(r'### (Human|Assistant):')
+
+# The fields of one message inside the list a chat map fn reads (named in error messages).
+MESSAGE_FIELDS = "'role', 'content'"
+SHAREGPT_MESSAGE_FIELDS = "'from', 'value'"
 
 _SHAREGPT_ROLES = {
     'system': 'system',
@@ -25,7 +29,7 @@ _SHAREGPT_ROLES = {
 }
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=("text ('### Human: ...### Assistant: ...')",))
 def oasst1_map_fn(example):
     r"""timdettmers/openassistant-guanaco: ``text`` with ``### Human:`` / ``### Assistant:`` turns.
 
@@ -44,7 +48,7 @@ def oasst1_map_fn(example):
     A row with no ``### Human:`` marker at all (e.g. the Llama-2-templated guanaco file that sits
     in the same folder) maps to an empty conversation: it is dropped, counted and logged.
     """
-    text = require_text(example, 'text', 'oasst1_map_fn', "'text'")
+    text = require_text(example, 'text', oasst1_map_fn)
     pieces = _GUANACO_TURN.split(text)
     # pieces = [before_first_marker, role, content, role, content, ...]
     turns = [(pieces[i], pieces[i + 1].strip()) for i in range(1, len(pieces), 2)]
@@ -52,10 +56,10 @@ def oasst1_map_fn(example):
         return {'conversation': []}
     messages = [{'role': 'user' if role == 'Human' else 'assistant', 'content': content}
                 for role, content in turns]
-    return {'conversation': _pair_messages(messages, 'oasst1_map_fn')}
+    return {'conversation': _pair_messages(messages)}
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('messages [{role: system|user|assistant, content, loss (optional)}]',))
 def openai_map_fn(example):
     """OpenAI chat messages: ``messages`` = [{'role', 'content', 'loss'?}, ...].
 
@@ -79,23 +83,23 @@ def openai_map_fn(example):
             {'system': '', 'input': 'How to study English?', 'output': '1. Set clear goals ...',
              'output_with_loss': True}]}
     """
-    messages = require_list(example, 'messages', 'openai_map_fn', "'messages'")
+    messages = require_list(example, 'messages', openai_map_fn)
     normalized = []
     for position, message in enumerate(messages):
         if not isinstance(message, dict):
             raise DataError(f'openai_map_fn: message {position} is {type(message).__name__}, '
                             "expected a dict with 'role' and 'content'")
-        role = require_text(message, 'role', 'openai_map_fn', "'role', 'content'")
+        role = require_text(message, 'role', openai_map_fn, expected=MESSAGE_FIELDS)
         if role not in ('system', 'user', 'assistant'):
             raise DataError(f'openai_map_fn: message {position} has role {role!r}; '
                             "expected 'system', 'user' or 'assistant'")
-        content = require_text(message, 'content', 'openai_map_fn', "'role', 'content'")
+        content = require_text(message, 'content', openai_map_fn, expected=MESSAGE_FIELDS)
         normalized.append({'role': role, 'content': content,
                            'loss': _as_loss_flag(message.get('loss'), position)})
-    return {'conversation': _pair_messages(normalized, 'openai_map_fn')}
+    return {'conversation': _pair_messages(normalized)}
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('conversations [{from: human|gpt|system|..., value}]', 'system (optional)'))
 def sharegpt_map_fn(example):
     """ShareGPT: ``conversations`` = [{'from', 'value'}, ...], optional top-level ``system``.
 
@@ -112,10 +116,10 @@ def sharegpt_map_fn(example):
         {'conversation': [{'system': '', 'input': '小孩子偶尔晚上咳嗽 ...',
                            'output': '宝宝咳嗽的原因有很多 ...'}]}
     """
-    return {'conversation': _sharegpt_turns(example, 'sharegpt_map_fn', _SHAREGPT_ROLES)}
+    return {'conversation': _sharegpt_turns(example, sharegpt_map_fn, _SHAREGPT_ROLES)}
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('conversations [{from: human|gpt, value}]',))
 def wizardlm_map_fn(example):
     """WizardLM evol-instruct (ShareGPT layout, only ``human``/``gpt`` turns).
 
@@ -129,26 +133,26 @@ def wizardlm_map_fn(example):
         {'conversation': [{'system': '', 'input': 'What is 2 + 2?', 'output': '2 + 2 = 4.'}]}
     """
     roles = {'human': 'user', 'gpt': 'assistant'}
-    return {'conversation': _sharegpt_turns(example, 'wizardlm_map_fn', roles)}
+    return {'conversation': _sharegpt_turns(example, wizardlm_map_fn, roles)}
 
 
-def _sharegpt_turns(example, map_fn_name, roles):
-    messages = require_list(example, 'conversations', map_fn_name, "'conversations'")
+def _sharegpt_turns(example, map_fn, roles):
+    messages = require_list(example, 'conversations', map_fn)
     system = example.get('system') if isinstance(example.get('system'), str) else ''
     normalized = [{'role': 'system', 'content': system, 'loss': True}] if system else []
     for position, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise DataError(f'{map_fn_name}: message {position} is {type(message).__name__}, '
+            raise DataError(f'{map_fn.__name__}: message {position} is {type(message).__name__}, '
                             "expected a dict with 'from' and 'value'")
-        speaker = require_text(message, 'from', map_fn_name, "'from', 'value'")
+        speaker = require_text(message, 'from', map_fn, expected=SHAREGPT_MESSAGE_FIELDS)
         if speaker not in roles:
-            raise DataError(f'{map_fn_name}: message {position} is from {speaker!r}; '
+            raise DataError(f'{map_fn.__name__}: message {position} is from {speaker!r}; '
                             f'expected one of {sorted(roles)}')
         normalized.append({'role': roles[speaker],
-                           'content': require_text(message, 'value', map_fn_name,
-                                                   "'from', 'value'"),
+                           'content': require_text(message, 'value', map_fn,
+                                                   expected=SHAREGPT_MESSAGE_FIELDS),
                            'loss': True})
-    return _pair_messages(normalized, map_fn_name)
+    return _pair_messages(normalized)
 
 
 def _as_loss_flag(value, position):
@@ -162,7 +166,7 @@ def _as_loss_flag(value, position):
                     'expected true or false')
 
 
-def _pair_messages(messages, map_fn_name):
+def _pair_messages(messages):
     """Fold role-tagged messages into turns: system and user text, then the assistant reply."""
     turns = []
     system, user_parts = '', []

@@ -3,7 +3,7 @@
 Each function is a pure function of one row: it reads the row, never writes into it, and
 returns ``{'conversation': [{'system', 'input', 'output'}]}``.
 """
-from xft.registry import MAP_FUNC
+from xft.registry import register_map_fn
 from xft.utils.templates import SYSTEM_TEMPLATE
 
 from ._fields import require_text
@@ -20,7 +20,7 @@ def _instruction_and_input(instruction, input_text):
     return f'{instruction}\n{input_text}'
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('instruction', 'input (optional)', 'output'))
 def alpaca_map_fn(example):
     """tatsu-lab/alpaca: ``instruction``, ``input`` (may be empty), ``output``.
 
@@ -36,16 +36,16 @@ def alpaca_map_fn(example):
 
     Rows whose output is ``<nooutput>`` map to an empty conversation and are dropped (and counted).
     """
-    fields = "'instruction', 'input', 'output'"
-    output = require_text(example, 'output', 'alpaca_map_fn', fields)
+    output = require_text(example, 'output', alpaca_map_fn)
     if output == ALPACA_NO_OUTPUT:
         return {'conversation': []}
-    instruction = require_text(example, 'instruction', 'alpaca_map_fn', fields)
-    input_text = require_text(example, 'input', 'alpaca_map_fn', fields, default='')
+    instruction = require_text(example, 'instruction', alpaca_map_fn)
+    input_text = require_text(example, 'input', alpaca_map_fn, default='')
     return _single_turn('', _instruction_and_input(instruction, input_text), output)
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('instruction_zh', 'input_zh (optional)', 'output_zh'),
+                 alternative=('instruction', 'input (optional)', 'output'))
 def alpaca_zh_map_fn(example):
     """silk-road/alpaca-data-gpt4-chinese: ``instruction_zh``, ``input_zh``, ``output_zh``.
 
@@ -64,14 +64,14 @@ def alpaca_zh_map_fn(example):
     """
     if example.get('instruction_zh') is None and example.get('instruction') is not None:
         return alpaca_map_fn(example)
-    fields = "'instruction_zh', 'input_zh', 'output_zh' (or 'instruction', 'input', 'output')"
-    instruction = require_text(example, 'instruction_zh', 'alpaca_zh_map_fn', fields)
-    input_text = require_text(example, 'input_zh', 'alpaca_zh_map_fn', fields, default='')
-    output = require_text(example, 'output_zh', 'alpaca_zh_map_fn', fields)
+    instruction = require_text(example, 'instruction_zh', alpaca_zh_map_fn)
+    input_text = require_text(example, 'input_zh', alpaca_zh_map_fn, default='')
+    output = require_text(example, 'output_zh', alpaca_zh_map_fn)
     return _single_turn('', _instruction_and_input(instruction, input_text), output)
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('prompt', 'completion'),
+                 alternative=('instruction', 'input (optional)', 'output'))
 def code_alpaca_map_fn(example):
     """HuggingFaceH4/CodeAlpaca_20K: ``prompt``, ``completion``; system = SYSTEM_TEMPLATE.coder.
 
@@ -90,20 +90,18 @@ def code_alpaca_map_fn(example):
     the shared ``code_alpaca/code_alpaca_2k.json``) are read too.
     """
     if example.get('prompt') is None and example.get('instruction') is not None:
-        fields = "'instruction', 'input', 'output'"
-        instruction = require_text(example, 'instruction', 'code_alpaca_map_fn', fields)
-        input_text = require_text(example, 'input', 'code_alpaca_map_fn', fields, default='')
+        instruction = require_text(example, 'instruction', code_alpaca_map_fn)
+        input_text = require_text(example, 'input', code_alpaca_map_fn, default='')
         prompt = _instruction_and_input(instruction, input_text) if input_text else instruction
         return _single_turn(SYSTEM_TEMPLATE.coder, prompt,
-                            require_text(example, 'output', 'code_alpaca_map_fn', fields))
-    fields = "'prompt', 'completion' (or 'instruction', 'input', 'output')"
+                            require_text(example, 'output', code_alpaca_map_fn))
     return _single_turn(
         SYSTEM_TEMPLATE.coder,
-        require_text(example, 'prompt', 'code_alpaca_map_fn', fields),
-        require_text(example, 'completion', 'code_alpaca_map_fn', fields))
+        require_text(example, 'prompt', code_alpaca_map_fn),
+        require_text(example, 'completion', code_alpaca_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('prompt', 'response'))
 def tiny_codes_map_fn(example):
     """nampdn-ai/tiny-codes: ``prompt``, ``response``; system = SYSTEM_TEMPLATE.coder.
 
@@ -118,14 +116,13 @@ def tiny_codes_map_fn(example):
                            'input': 'Write a Python function that returns the square of x.',
                            'output': 'def square(x):\\n    return x * x'}]}
     """
-    fields = "'prompt', 'response'"
     return _single_turn(
         SYSTEM_TEMPLATE.coder,
-        require_text(example, 'prompt', 'tiny_codes_map_fn', fields),
-        require_text(example, 'response', 'tiny_codes_map_fn', fields))
+        require_text(example, 'prompt', tiny_codes_map_fn),
+        require_text(example, 'response', tiny_codes_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('abstract', 'title'))
 def arxiv_map_fn(example):
     """arxiv metadata title generation: ``abstract`` -> ``title``; system = arxiv_gentile.
 
@@ -140,14 +137,13 @@ def arxiv_map_fn(example):
                            'input': 'We propose a new network architecture, ...',
                            'output': 'Attention Is All You Need'}]}
     """
-    fields = "'abstract', 'title'"
     return _single_turn(
         SYSTEM_TEMPLATE.arxiv_gentile,
-        require_text(example, 'abstract', 'arxiv_map_fn', fields),
-        require_text(example, 'title', 'arxiv_map_fn', fields))
+        require_text(example, 'abstract', arxiv_map_fn),
+        require_text(example, 'title', arxiv_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=("description ('Name: text')", 'color'))
 def colors_map_fn(example):
     """burkelibbey/colors: ``description`` ('Name: text'), ``color``; system = colorist.
 
@@ -162,14 +158,13 @@ def colors_map_fn(example):
         {'conversation': [{'system': SYSTEM_TEMPLATE.colorist,
                            'input': 'A soft, cool hue of green and blue.', 'output': '#66cdaa'}]}
     """
-    fields = "'description', 'color'"
-    description = require_text(example, 'description', 'colors_map_fn', fields)
+    description = require_text(example, 'description', colors_map_fn)
     text = ':'.join(description.split(':')[1:]).strip()
     return _single_turn(SYSTEM_TEMPLATE.colorist, text,
-                        require_text(example, 'color', 'colors_map_fn', fields))
+                        require_text(example, 'color', colors_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('input', 'output'))
 def crime_kg_assitant_map_fn(example):
     """CrimeKgAssitant (XTuner's spelling): ``input``, ``output``; system = lawyer.
 
@@ -182,14 +177,13 @@ def crime_kg_assitant_map_fn(example):
         {'conversation': [{'system': SYSTEM_TEMPLATE.lawyer, 'input': '醉驾怎么处罚？',
                            'output': '醉酒驾驶机动车的，处拘役，并处罚金。'}]}
     """
-    fields = "'input', 'output'"
     return _single_turn(
         SYSTEM_TEMPLATE.lawyer,
-        require_text(example, 'input', 'crime_kg_assitant_map_fn', fields),
-        require_text(example, 'output', 'crime_kg_assitant_map_fn', fields))
+        require_text(example, 'input', crime_kg_assitant_map_fn),
+        require_text(example, 'output', crime_kg_assitant_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('question', 'answer'))
 def law_reference_map_fn(example):
     """Law reference Q&A: ``question``, ``answer``; system = lawyer.
 
@@ -202,14 +196,14 @@ def law_reference_map_fn(example):
         {'conversation': [{'system': SYSTEM_TEMPLATE.lawyer, 'input': '借款合同的诉讼时效是多久？',
                            'output': '向人民法院请求保护民事权利的诉讼时效期间为三年。'}]}
     """
-    fields = "'question', 'answer'"
     return _single_turn(
         SYSTEM_TEMPLATE.lawyer,
-        require_text(example, 'question', 'law_reference_map_fn', fields),
-        require_text(example, 'answer', 'law_reference_map_fn', fields))
+        require_text(example, 'question', law_reference_map_fn),
+        require_text(example, 'answer', law_reference_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('instruction', 'input (optional)', 'output'),
+                 alternative=('conversations (ShareGPT)',))
 def medical_map_fn(example):
     """shibing624/medical (finetune): ``instruction``, ``input``, ``output``; system = medical.
 
@@ -232,15 +226,14 @@ def medical_map_fn(example):
         if not turns[0]['system']:
             turns[0] = dict(turns[0], system=SYSTEM_TEMPLATE.medical)
         return {'conversation': turns}
-    fields = "'instruction', 'input', 'output' (or ShareGPT 'conversations')"
-    instruction = require_text(example, 'instruction', 'medical_map_fn', fields)
-    input_text = require_text(example, 'input', 'medical_map_fn', fields, default='')
+    instruction = require_text(example, 'instruction', medical_map_fn)
+    input_text = require_text(example, 'input', medical_map_fn, default='')
     return _single_turn(SYSTEM_TEMPLATE.medical,
                         _instruction_and_input(instruction, input_text),
-                        require_text(example, 'output', 'medical_map_fn', fields))
+                        require_text(example, 'output', medical_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('context', 'question', 'answer'))
 def sql_map_fn(example):
     """b-mc2/sql-create-context: ``context``, ``question``, ``answer``; system = sql.
 
@@ -256,14 +249,13 @@ def sql_map_fn(example):
                            'input': 'CREATE TABLE head (age INTEGER)\\nHow many heads ...',
                            'output': 'SELECT COUNT(*) FROM head WHERE age > 56'}]}
     """
-    fields = "'context', 'question', 'answer'"
-    context = require_text(example, 'context', 'sql_map_fn', fields)
-    question = require_text(example, 'question', 'sql_map_fn', fields)
+    context = require_text(example, 'context', sql_map_fn)
+    question = require_text(example, 'question', sql_map_fn)
     return _single_turn(SYSTEM_TEMPLATE.sql, f'{context}\n{question}',
-                        require_text(example, 'answer', 'sql_map_fn', fields))
+                        require_text(example, 'answer', sql_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('system_prompt (optional)', 'question', 'response'))
 def openorca_map_fn(example):
     """Open-Orca/OpenOrca: ``system_prompt``, ``question``, ``response``.
 
@@ -278,14 +270,13 @@ def openorca_map_fn(example):
                            'input': 'What is the capital of France?',
                            'output': 'The capital of France is Paris.'}]}
     """
-    fields = "'system_prompt', 'question', 'response'"
     return _single_turn(
-        require_text(example, 'system_prompt', 'openorca_map_fn', fields, default=''),
-        require_text(example, 'question', 'openorca_map_fn', fields),
-        require_text(example, 'response', 'openorca_map_fn', fields))
+        require_text(example, 'system_prompt', openorca_map_fn, default=''),
+        require_text(example, 'question', openorca_map_fn),
+        require_text(example, 'response', openorca_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('question', 'response'))
 def stack_exchange_map_fn(example):
     """Stack Exchange paired data: ``question``, ``response``.
 
@@ -299,13 +290,12 @@ def stack_exchange_map_fn(example):
         {'conversation': [{'system': '', 'input': 'How do I undo the most recent local commits in Git?',
                            'output': 'Use git reset HEAD~1.'}]}
     """
-    fields = "'question', 'response'"
     return _single_turn(
-        '', require_text(example, 'question', 'stack_exchange_map_fn', fields),
-        require_text(example, 'response', 'stack_exchange_map_fn', fields))
+        '', require_text(example, 'question', stack_exchange_map_fn),
+        require_text(example, 'response', stack_exchange_map_fn))
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('input', 'output'))
 def default_map_fn(example):
     """Rows that already hold one ``input`` and one ``output``.
 
@@ -318,7 +308,6 @@ def default_map_fn(example):
         {'conversation': [{'system': '', 'input': 'Give three tips for staying healthy.',
                            'output': '1.Eat a balanced diet ...'}]}
     """
-    fields = "'input', 'output'"
     return _single_turn(
-        '', require_text(example, 'input', 'default_map_fn', fields),
-        require_text(example, 'output', 'default_map_fn', fields))
+        '', require_text(example, 'input', default_map_fn),
+        require_text(example, 'output', default_map_fn))

@@ -1,10 +1,10 @@
 """Plain text for incremental pre-training: every token is trained."""
-from xft.registry import MAP_FUNC
+from xft.registry import register_map_fn
 
 from ._fields import require_text
 
 
-@MAP_FUNC.register_module()
+@register_map_fn(fields=('text',))
 def pretrain_map_fn(example):
     r"""Rows with a ``text`` field (``load_dataset('text')``, C4-style JSONL).
 
@@ -21,6 +21,6 @@ def pretrain_map_fn(example):
     As in XTuner, no EOS is appended (``need_eos_token: False``); the BOS that opens every
     sample marks document boundaries when samples are packed.
     """
-    text = require_text(example, 'text', 'pretrain_map_fn', "'text'")
+    text = require_text(example, 'text', pretrain_map_fn)
     return {'conversation': [{'system': '', 'input': '', 'output': text.strip(),
                               'need_eos_token': False}]}

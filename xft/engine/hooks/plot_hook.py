@@ -22,6 +22,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.visualization import TensorboardVisBackend
 
+from xft.engine.loss_curve import plot_scalars, read_scalars
 from xft.utils.errors import UserError
 
 
@@ -44,7 +45,6 @@ class LossCurveHook(Hook):
     def after_train(self, runner):
         if not is_main_process():
             return
-        from xft.tools.plot_log import plot_scalars, read_scalars
         scalars = Path(runner.log_dir) / 'vis_data' / 'scalars.json'
         # A resumed run starts a new log dir; its curve continues the earlier runs'.
         resumed = bool(runner.cfg.get('resume')) if getattr(runner, 'cfg', None) else False

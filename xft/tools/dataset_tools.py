@@ -1,7 +1,8 @@
 """The data commands: ``xft check-custom-dataset``, ``xft log-dataset``, ``xft list-dataset-format``.
 
 Each ``*_main(argv) -> int`` parses its arguments, prints its report, and returns the exit code:
-0 when the data is usable, 1 with a one-line message when it is not.
+0 when the data is usable, 1 with a one-line message when it is not. A config is named as for
+every other verb: a path or the bare name of a zoo config (``xft.engine.config.load_config``).
 """
 import argparse
 import json
@@ -22,12 +23,13 @@ def check_custom_dataset_main(argv) -> int:
         prog='xft check-custom-dataset',
         description="Run a config's data through every step (load, map, template, encode, "
                     'pack), print the first sample after each, the counts, and the problems.')
-    parser.add_argument('config')
+    parser.add_argument('config', help='the config: a path or a zoo name (`xft list-cfg`)')
     parser.add_argument('--max-rows', type=int, default=None,
                         help='check only this many rows (a seeded random subset)')
     _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
+    from xft.engine.config import load_config
     try:
         entries = dataset_entries(load_config(args.config, args.cfg_options))
         problems = []
@@ -49,7 +51,7 @@ def check_custom_dataset_main(argv) -> int:
 
 def check_entry(entry, max_rows=None):
     """Run one ``process_hf_dataset`` entry step by step; return the problems found."""
-    from .pipeline import run_pipeline
+    from xft.dataset.pipeline import run_pipeline
 
     dataset, options = pipeline_inputs(entry, max_rows)
     tokenizer = options.tokenizer
@@ -97,7 +99,7 @@ def log_dataset_main(argv) -> int:
         prog='xft log-dataset',
         description='Print processed training rows as the model sees them. In masked_text the '
                     f'trained text is marked {TRAINED_OPEN}like this{TRAINED_CLOSE}.')
-    parser.add_argument('config')
+    parser.add_argument('config', help='the config: a path or a zoo name (`xft list-cfg`)')
     parser.add_argument('--show', choices=SHOW_CHOICES, default='all')
     parser.add_argument('--index', type=int, default=0, help='first row to print')
     parser.add_argument('--count', type=int, default=1, help='how many rows to print')
@@ -106,8 +108,9 @@ def log_dataset_main(argv) -> int:
     _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
+    from xft.engine.config import load_config
     try:
-        from .pipeline import run_pipeline
+        from xft.dataset.pipeline import run_pipeline
         for entry in dataset_entries(load_config(args.config, args.cfg_options)):
             dataset, options = pipeline_inputs(entry, args.max_rows)
             data, stats = run_pipeline(dataset, options)
@@ -163,12 +166,12 @@ def list_dataset_format_main(argv) -> int:
         prog='xft list-dataset-format',
         description='List the dataset map functions, the fields each reads, and the templates.')
     parser.parse_args(argv)
+    from xft.dataset.map_fns import registered_map_fns
+    from xft.dataset.map_fns._fields import describe_fields
     from xft.utils.templates import PROMPT_TEMPLATE
-
-    from .map_fns import MAP_FN_FIELDS
     print('dataset_map_fn (import from xft.dataset.map_fns)   fields of one raw row')
-    for name, fields in MAP_FN_FIELDS.items():
-        print(f'  {name:28s}{fields}')
+    for name, map_fn in registered_map_fns().items():
+        print(f'  {name:28s}{describe_fields(map_fn)}')
     print('\nWithout a dataset_map_fn, rows must already be in the conversation format:\n'
           '  {"conversation": [{"system": "...", "input": "...", "output": "..."}, ...]}\n'
           '  (system optional; every output, plus the template SUFFIX or EOS, is trained)')
@@ -194,24 +197,9 @@ def _add_cfg_options(parser):
         help='override config entries, e.g. train_dataloader.dataset.dataset.path=/data/x.json')
 
 
-def load_config(path, cfg_options=None):
-    from mmengine.config import Config
-    try:
-        cfg = Config.fromfile(path)
-    except FileNotFoundError:
-        raise ConfigError(f'{path}: no such config file') from None
-    except Exception as error:  # a config is Python: any error in it is the user's
-        raise ConfigError(f'{path}: cannot load the config ({type(error).__name__}: '
-                          f'{error})') from None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
 def dataset_entries(cfg):
     """The ``process_hf_dataset`` dicts of ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
-    from .concat_dataset import ConcatDataset
-    from .pipeline import process_hf_dataset
+    from xft.dataset import ConcatDataset, process_hf_dataset
 
     loader = cfg.get('train_dataloader') or {}
     entry = loader.get('dataset') if isinstance(loader, dict) else None
@@ -231,26 +219,23 @@ def dataset_entries(cfg):
 
 
 def pipeline_inputs(entry, max_rows=None):
-    """(raw dataset spec, validated PipelineOptions) of one process_hf_dataset entry."""
-    import inspect
+    """(raw dataset spec, checked PipelineOptions) of one process_hf_dataset entry."""
+    from xft.dataset.options import PipelineOptions
 
-    from .pipeline import validate_options
-    kwargs = {key: value for key, value in entry.items() if key != 'type'}
+    kwargs = {key: value for key, value in entry.items() if key not in ('type', 'cache_dir')}
     dataset = kwargs.pop('dataset', None)
     if dataset is None:
         raise ConfigError('process_hf_dataset entry has no dataset=')
-    accepted = inspect.signature(validate_options).parameters
-    unknown = sorted(set(kwargs) - set(accepted) - {'cache_dir'})
-    if unknown:
-        raise ConfigError(f'process_hf_dataset got unknown arguments: {", ".join(unknown)}')
-    options = {key: value for key, value in kwargs.items() if key in accepted}
     if max_rows is not None:
-        options['max_dataset_length'] = max_rows
-    return dataset, validate_options(**options)
+        kwargs['max_dataset_length'] = max_rows
+    return dataset, PipelineOptions.from_arguments(**kwargs)
 
 
 def describe_row(row, tokenizer):
-    """A short printable view of one row at any stage."""
+    """A short printable view of one row at any stage (its origin column left out)."""
+    from xft.dataset.load import ORIGIN
+
+    row = {key: value for key, value in row.items() if key != ORIGIN}
     if 'input_ids' in row and 'labels' in row:
         text = masked_text(row['input_ids'], row['labels'], tokenizer)
         extra = f' cumulative_len={row["cumulative_len"]}' if 'cumulative_len' in row else ''
