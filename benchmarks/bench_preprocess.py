@@ -43,9 +43,10 @@ def load_tokenizer():
 def measure(tokenizer, source, label, processes, max_length, repeats):
     import datasets
     from xft.dataset.map_fns import alpaca_map_fn, template_map_fn_factory
-    from xft.dataset.pipeline import run_pipeline, validate_options
+    from xft.dataset.options import PipelineOptions
+    from xft.dataset.pipeline import run_pipeline
     datasets.disable_progress_bars()
-    options = validate_options(
+    options = PipelineOptions(
         tokenizer=tokenizer, max_length=max_length, dataset_map_fn=alpaca_map_fn,
         template_map_fn=template_map_fn_factory('chatml'), pack_to_max_length=True,
         map_num_proc=processes)
@@ -75,7 +76,7 @@ def main():
     import transformers
     tokenizer, tokenizer_name = load_tokenizer()
     from xft.dataset.load import load_source
-    repeated = datasets.concatenate_datasets([load_source(DATA).dataset] * REPEAT)
+    repeated = datasets.concatenate_datasets([load_source(DATA)] * REPEAT)
     runs = [measure(tokenizer, source, label, processes, args.max_length, args.repeats)
             for source, label in ((DATA, 'alpaca_data_subset.json'),
                                   (repeated, f'alpaca_data_subset.json x{REPEAT}'))
