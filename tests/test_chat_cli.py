@@ -220,7 +220,7 @@ def test_converted_adapter_is_asked_in_its_training_template_without_naming_it(
         tmp_path, tiny_llama_dir, capsys, monkeypatch):
     """pth_to_hf saves the training config; merge copies it; chat reads its prompt_template.
     Here the training template is vicuna, which the tokenizer's own template is not."""
-    from conftest_convert import make_checkpoint
+    from helpers.convert import make_checkpoint
 
     from xft.tools.merge import main as merge_main
     from xft.tools.pth_to_hf import main as pth_to_hf_main

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_convert import SAMPLE_TEXT, make_checkpoint, write_config
+from helpers.convert import SAMPLE_TEXT, make_checkpoint, write_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
@@ -106,7 +106,7 @@ def test_full_checkpoint_becomes_sharded_model_folder(tmp_path, tiny_llama_dir):
 
 
 def test_full_export_dtype_follows_the_config_and_fp32_flag(tmp_path, tiny_llama_dir, capsys):
-    from conftest_convert import build_model_from_config, save_checkpoint, write_config
+    from helpers.convert import build_model_from_config, save_checkpoint, write_config
     config = write_config(tmp_path / 'bf16_cfg.py', tiny_llama_dir, 'full', dtype='bfloat16')
     model = build_model_from_config(config)
     checkpoint = save_checkpoint(model, tmp_path / 'iter_1.pth')
@@ -156,7 +156,7 @@ def test_runner_checkpoint_converts_merges_and_chats_like_the_trained_model(
         tmp_path, tiny_llama_dir, tiny_tokenizer):
     """A checkpoint the mmengine CheckpointHook wrote (message hub, optimizer state and all)
     -> pth_to_hf -> merge -> chat: the merged model answers as the trained one does."""
-    from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+    from helpers.convert import (build_model_from_config, chatml_samples, run_toy_training,
                                   write_config)
 
     from xft.model.generation import GenerationSettings, encode_for_generation, generate_reply

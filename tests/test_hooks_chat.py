@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+from helpers.convert import (build_model_from_config, chatml_samples, run_toy_training,
                               write_config)
 from mmengine.logging import MMLogger
 
