@@ -99,10 +99,11 @@ def test_a_full_disk_during_a_save_gives_one_line_and_keeps_the_last_good_checkp
 
 @pytest.fixture
 def poisoned_data(tmp_path, shared_data):
-    """8 alpaca rows; row 3 carries the marker token ``<pad>`` (id 3; collate pads with id 0)
-    that PoisonMarkedSamplesHook poisons."""
+    """8 alpaca rows; row 2 carries the marker token ``<pad>`` (id 3; collate pads with id 0)
+    that PoisonMarkedSamplesHook poisons. The config's seed (42) orders the rows 6 3 | 0 7 | 2 1
+    | 4 5: the marked row comes in iteration 3, after two iterations that train normally."""
     rows = json.loads(ALPACA_SUBSET.read_text())[:8]
-    rows[3] = dict(rows[3], instruction='<pad> ' + rows[3]['instruction'])
+    rows[2] = dict(rows[2], instruction='<pad> ' + rows[2]['instruction'])
     path = tmp_path / 'poisoned.json'
     path.write_text(json.dumps(rows))
     return path
@@ -138,8 +139,8 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_sample(tmp_path, 
     assert 'Traceback' not in result.stderr
     # Stopped before training on it: every logged loss before that iteration is finite.
     losses = logged_losses(work_dir)
-    assert sorted(losses) == list(range(1, iteration)) and all(map(torch.isfinite, torch.tensor(
-        list(losses.values()) or [0.0])))
+    assert iteration == 3 and sorted(losses) == [1, 2]
+    assert bool(torch.isfinite(torch.tensor(list(losses.values()))).all())
 
 
 def test_skip_mode_drops_nan_steps_and_sigint_saves_and_exits(tmp_path, tiny_llama_dir, poisoned_data):
