@@ -188,18 +188,13 @@ DEEPSPEED_FIXTURE = Path(__file__).parent / 'fixtures' / 'convert_deepspeed_zero
 def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
         tmp_path, tiny_llama_dir, capsys):
     """A folder that mmengine's DeepSpeed strategy saved (see the fixture's make_checkpoint.py):
-    the adapter holds exactly the trained float32 LoRA weights."""
-    import importlib.util
-
+    the adapter holds exactly the trained float32 LoRA weights (deepspeed is a runtime
+    requirement: without it this test fails rather than passing on the error line)."""
     from safetensors.torch import load_file
     config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
     out = tmp_path / 'adapter'
     code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(out)])
-    if importlib.util.find_spec('deepspeed') is None:
-        # Without deepspeed installed: one line saying what to install.
-        assert code == 1 and 'needs deepspeed' in capsys.readouterr().err
-        return
-    assert code == 0
+    assert code == 0, capsys.readouterr().err
     trained = torch.load(DEEPSPEED_FIXTURE / 'trained_lora_weights.pt')
     saved = load_file(str(out / 'adapter_model.safetensors'))
     # peft's saved names drop the adapter name ('.default') and SupervisedFinetune's 'llm.'.
@@ -207,6 +202,17 @@ def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
     assert set(saved) == set(expected) and len(saved) == 28
     for key, value in expected.items():
         assert torch.equal(saved[key], value), key
+
+
+def test_a_deepspeed_folder_without_deepspeed_installed_is_one_line(tmp_path, tiny_llama_dir, capsys,
+                                                                     monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'deepspeed.utils.zero_to_fp32', None)  # import now raises ImportError
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    capsys.readouterr()
+    code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and 'needs deepspeed' in err[0]
 
 
 def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):

@@ -49,6 +49,7 @@ def fake_runner(model, work_dir, iteration=0):
 
 def test_hook_prompts_are_the_training_format(tiny_tokenizer):
     hook = make_hook(tiny_tokenizer)
+    assert len(hook.prompts) == len(INPUTS)
     for text, prompt in zip(INPUTS, hook.prompts):
         assert prompt == encode_for_generation([], text, 'chatml', tiny_tokenizer, system=SYSTEM)
     assert '<|im_end|>' in hook.stop_words and tiny_tokenizer.eos_token in hook.stop_words

@@ -131,6 +131,8 @@ def test_loss_curve_hook_without_logged_iterations_warns_instead_of_failing(tmp_
     runner = toy_runner(tmp_path / 'quiet', [LossCurveHook(filename='curve.png')], logger_interval=None)
     runner.train()
     assert not (tmp_path / 'quiet' / 'curve.png').exists()
+    log = (Path(runner.log_dir) / f'{runner.timestamp}.log').read_text()
+    assert 'LossCurveHook: no logged iterations in' in log and 'no loss curve written' in log
 
 
 # --------------------------------------------------------------------------------------
