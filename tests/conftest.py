@@ -20,6 +20,16 @@ from helpers.paths import SHARED_DATA  # noqa: E402
 torch.set_num_threads(1)
 
 
+# The longest test of the suite (the demo's real training, minutes on two cores).
+LONGEST = 'test_demo_train.py::test_demo_config_changes_the_stated_identity_and_keeps_the_general_answer'
+
+
+def pytest_collection_modifyitems(items):
+    """Real-model (``slow``) tests first, the longest of all first of them: with two xdist
+    workers a test of minutes that starts last finishes last, whatever the rest takes."""
+    items.sort(key=lambda item: (not item.nodeid.endswith(LONGEST), item.get_closest_marker('slow') is None))
+
+
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('HF_DATASETS_CACHE', str(tmp_path_factory.mktemp('hf_datasets_cache')))

@@ -6,6 +6,7 @@ It runs in this process through tools/train.py's own functions (no Python start)
 """
 import json
 
+import pytest
 from helpers.paths import REPO
 from helpers.training import train_in_process
 
@@ -22,6 +23,7 @@ def final_answers(work_dir):
     return first, {r['input']: r['answer'] for r in records if r['iter'] == last}, last
 
 
+@pytest.mark.slow
 def test_demo_config_changes_the_stated_identity_and_keeps_the_general_answer(tmp_path):
     prepare_demo_model(log=lambda message: None)
     work_dir = tmp_path / 'demo'
