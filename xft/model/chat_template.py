@@ -17,12 +17,18 @@ deepseek_v2, cohere_chat and llama3_chat differ where a newline or space ends on
 the next begins with one. xft's own chat and hooks therefore encode with the training encoder,
 never with this jinja.
 
-Example::
+Example (a tokenizer with no vocabulary renders text all the same)::
 
-    >>> tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)  # its BOS is <|im_start|>
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from xft.utils import PROMPT_TEMPLATE
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token='<s>')
     >>> tokenizer.chat_template = chat_template_jinja(PROMPT_TEMPLATE.chatml)
     >>> tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hi'}], tokenize=False)
-    '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
+    '<s><|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> tokenizer.bos_token = '<|im_start|>'  # SmolLM2's BOS opens the text already: not doubled
+    >>> tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hi'}], tokenize=False)
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
 """
 import json
 import string
