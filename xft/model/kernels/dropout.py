@@ -122,7 +122,9 @@ if triton is not None:
         x = x * 0x735A2D97
         return x ^ (x >> 15)
 
-    @triton.jit
+    # An int argument equal to 1 would be compiled in as a constant (Triton's specialization),
+    # which has no `.to`; salts and offsets of 1 are common, so they stay runtime values.
+    @triton.jit(do_not_specialize=['salt', 'threshold', 'row_offset'])
     def _dropout_kernel(X, OUT, SEED, salt, threshold, factor, n_cols, stride_x, stride_out,
                         row_offset, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
         # One program: BLOCK columns of one row. Rows go on grid axis 0 (limit 2^31 - 1).
