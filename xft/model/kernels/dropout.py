@@ -17,13 +17,16 @@ Nothing of size tokens x features is kept for backward, and replaying a layer re
 masks exactly. The seed is drawn from torch's default CPU generator, so it follows the run's
 seed, and an exact resume (which restores that generator) draws the same masks again.
 
-The mask: `h = mix(mix(col ^ k_row) + k_row)` with `k_row = mix(row ^ k)`,
-`k = mix(seed_lo ^ mix(seed_hi ^ mix(salt)))` and `mix` a 32-bit integer hash (two
-multiply-xorshift rounds, constants below 2**31 so the torch reference computes it exactly in
-int64); an element is kept when `h >> 8` (24 bits) is at least `round(p * 2**24)`. The same
-integer arithmetic runs in the Triton kernel (CUDA) and in the torch reference (anywhere), so
-the two give bit-identical masks; the Triton path checks that once per process on a probe
-and falls back to the reference (logged) if it ever differs.
+The mask: columns go in pairs; pair `j = col // 2` of a row gets `h = mix(j + k_row)` with
+`k_row = mix(row ^ k)`, `k = mix(seed_lo ^ mix(seed_hi ^ mix(salt)))` and `mix` a 32-bit
+integer hash (two multiply-xorshift rounds, constants below 2**31 so the torch reference
+computes it exactly in int64); the even column is kept when the low 16 bits of `h` are at
+least `round(p * 2**16)`, the odd column when the high 16 bits are (p = 0.1 becomes
+0.100006). One hash per two elements keeps the kernel about as cheap as the memory traffic
+it rides on (a hash per element cost more integer work than the load and store of it). The
+same integer arithmetic runs in the Triton kernel (CUDA) and in the torch reference
+(anywhere), so the two give bit-identical masks; the Triton path checks that once per
+process on probes and falls back to the reference (logged) if it ever differs.
 """
 import logging
 from typing import Dict, Optional
@@ -38,14 +41,14 @@ logger = logging.getLogger(__name__)
 _M32 = 0xFFFFFFFF
 _MIX_1, _MIX_2 = 0x21F0AAAD, 0x735A2D97  # both < 2**31: x * c < 2**63 for any 32-bit x
 _SALT_LIMIT = 2**31
-_KEEP_BITS = 24
+_KEEP_BITS = 16  # two per 32-bit hash
 
 
 def keep_threshold(p: float) -> int:
-    """The 24-bit threshold below which an element is dropped.
+    """The 16-bit threshold below which an element is dropped.
 
     >>> keep_threshold(0.0), keep_threshold(0.1), keep_threshold(1.0)
-    (0, 1677722, 16777216)
+    (0, 6554, 65536)
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f'dropout probability must be in [0, 1], got {p}')
@@ -88,9 +91,10 @@ def keep_mask(rows: int, cols: int, seed: torch.Tensor, salt: int, p: float,
     key = _call_key(seed, salt)
     row = torch.arange(row_offset, row_offset + rows, dtype=torch.int64, device=device)
     row_key = _mix(row ^ key)[:, None]
-    col = torch.arange(cols, dtype=torch.int64, device=device)[None, :]
-    h = _mix(((_mix(col ^ row_key) + row_key) & _M32))
-    return (h >> (32 - _KEEP_BITS)) >= keep_threshold(p)
+    pair = torch.arange((cols + 1) // 2, dtype=torch.int64, device=device)[None, :]
+    h = _mix((pair + row_key) & _M32)
+    bits = torch.stack([h & 0xFFFF, h >> 16], dim=-1).reshape(rows, -1)[:, :cols]
+    return bits >= keep_threshold(p)
 
 
 def dropped_reference(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
@@ -126,19 +130,22 @@ if triton is not None:
     # which has no `.to`; salts and offsets of 1 are common, so they stay runtime values.
     @triton.jit(do_not_specialize=['salt', 'threshold', 'row_offset'])
     def _dropout_kernel(X, OUT, SEED, salt, threshold, factor, n_cols, stride_x, stride_out,
-                        row_offset, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
-        # One program: BLOCK columns of one row. Rows go on grid axis 0 (limit 2^31 - 1).
+                        row_offset, ACCUMULATE: tl.constexpr, PAIRS: tl.constexpr):
+        # One program: 2 * PAIRS columns of one row, as a (PAIRS, 2) tile whose two columns
+        # take the low and high 16 bits of one hash. Rows go on grid axis 0 (limit 2^31 - 1).
         row = tl.program_id(0)
-        mask_row = row + row_offset
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < n_cols
+        pairs = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)
+        half = tl.arange(0, 2)
         seed = tl.load(SEED)
         lo = seed.to(tl.uint32)  # truncation keeps the low 32 bits
         hi = (seed >> 32).to(tl.uint32)  # the seed is below 2**62: no sign bits
         key = _mix32(lo ^ _mix32(hi ^ _mix32(salt.to(tl.uint32))))
-        row_key = _mix32(mask_row.to(tl.uint32) ^ key)
-        h = _mix32(_mix32(cols.to(tl.uint32) ^ row_key) + row_key)
-        keep = (h >> 8).to(tl.int32) >= threshold
+        row_key = _mix32((row + row_offset).to(tl.uint32) ^ key)
+        h = _mix32(pairs.to(tl.uint32) + row_key)
+        bits = tl.where(half[None, :] == 0, (h & 0xFFFF)[:, None], (h >> 16)[:, None])
+        keep = bits.to(tl.int32) >= threshold
+        cols = pairs[:, None] * 2 + half[None, :]
+        in_row = cols < n_cols
         row64 = row.to(tl.int64)
         x = tl.load(X + row64 * stride_x + cols, mask=in_row, other=0.0).to(tl.float32)
         value = tl.where(keep, x * tl.cast(factor, tl.float32), 0.0)
@@ -154,10 +161,11 @@ def dropped_triton(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float, sca
     """`dropped` as one Triton kernel (rows with unit column stride)."""
     if out is None:
         out = torch.empty_like(x)
-    block = 1024 if x.shape[1] >= 1024 else max(16, triton.next_power_of_2(x.shape[1]))
-    grid = (x.shape[0], triton.cdiv(x.shape[1], block))
+    n_pairs = (x.shape[1] + 1) // 2
+    pairs = 1024 if n_pairs >= 1024 else max(16, triton.next_power_of_2(n_pairs))
+    grid = (x.shape[0], triton.cdiv(n_pairs, pairs))
     _dropout_kernel[grid](x, out, seed, salt, keep_threshold(p), scale / (1.0 - p), x.shape[1],
-                          x.stride(0), out.stride(0), row_offset, ACCUMULATE=accumulate, BLOCK=block,
+                          x.stride(0), out.stride(0), row_offset, ACCUMULATE=accumulate, PAIRS=pairs,
                           num_warps=4)
     return out
 
