@@ -152,11 +152,21 @@ def finish(jsonl: Path, step_jsonl) -> str:
     return summarize(records, steps, jsonl.with_suffix('.md'))
 
 
+def measured_iters(iters: int, seq_len: int) -> int:
+    """`iters` at 2,048 tokens, fewer for longer rows (about as many tokens), never fewer than
+    one accumulation window of 16.
+
+    >>> measured_iters(32, 2048), measured_iters(32, 8192), measured_iters(3, 256)
+    (32, 16, 3)
+    """
+    return iters if seq_len <= 2048 else max(min(16, iters), iters * 2048 // seq_len)
+
+
 def run_row(args, mode, seq_len, dropout, folder, env, emit, steps):
     config, options = write_config(mode, seq_len, dropout, args.model_dir, args.data, folder)
     # Work dirs (logs, and nothing else: no checkpoint is saved) outside --out.
     work_dir = Path(args.work_root) / f'{mode}_{seq_len}_dropout{dropout}'
-    total = args.warmup + args.iters
+    total = args.warmup + measured_iters(args.iters, seq_len)
     cmd = [sys.executable, str(REPO / 'tools' / 'train.py'), str(config), '--work-dir', str(work_dir),
            '--cfg-options', 'train_cfg.max_epochs=None', f'train_cfg.max_iters={total}',
            'default_hooks.logger.interval=1', f'default_hooks.checkpoint.interval={total + 1}',
@@ -275,7 +285,8 @@ def main(argv=None):
     p.add_argument('--seqs', default='2048,8192')
     p.add_argument('--dropouts', default=f'{SHIPPED_DROPOUT},0.0', help='lora_dropout values, shipped first')
     p.add_argument('--warmup', type=int, default=16, help='iterations before measuring (one accumulation window)')
-    p.add_argument('--iters', type=int, default=32, help='measured iterations (two accumulation windows)')
+    p.add_argument('--iters', type=int, default=32,
+                   help='measured iterations at 2k tokens (two accumulation windows); one window at 8k')
     p.add_argument('--step-jsonl', help="bench_one_gpu.py's JSON lines from the same call (loop cost, table)")
     p.add_argument('--run-timeout-s', type=float, default=300)
     p.add_argument('--work-root', default='/tmp/xft_e2e_runs', help='the runs\' work dirs')

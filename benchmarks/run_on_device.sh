@@ -10,7 +10,8 @@
 #   bash benchmarks/run_on_device.sh OUT_DIR [PHASES] [bench_one_gpu.py options...]
 # PHASES is a comma list (default check,step,e2e,step_dropout). About 20 minutes on an H200.
 # The alpaca subset is read from shared/data/alpaca/alpaca_data_subset.json in the checkout,
-# or from $DATA.
+# or from $DATA; $E2E_ARGS goes to bench_train_e2e.py (e.g. "--seqs 2048" to split the e2e rows
+# over two calls: OUT_DIR outside the call's own output folder keeps the earlier rows).
 set -o pipefail
 out=$1; shift
 phases=${1:-check,step,e2e,step_dropout}; [ $# -gt 0 ] && shift
@@ -31,7 +32,7 @@ if has step; then
 fi
 if has e2e; then
   stamp e2e; python3 benchmarks/bench_train_e2e.py --out "$out" --model-dir $model \
-    --step-jsonl "$out/gpu_$day.jsonl" ${DATA:+--data "$DATA"}
+    --step-jsonl "$out/gpu_$day.jsonl" ${DATA:+--data "$DATA"} $E2E_ARGS
 fi
 if has step_dropout; then
   stamp step_dropout; python3 benchmarks/bench_one_gpu.py --out "$out" --model-dir $model --systems xft \

@@ -67,12 +67,21 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+def _mix_int(x: int) -> int:
+    """`_mix` of one Python int (the same arithmetic)."""
+    x ^= x >> 16
+    x = (x * _MIX_1) & _M32
+    x ^= x >> 15
+    x = (x * _MIX_2) & _M32
+    return x ^ (x >> 15)
+
+
 def _call_key(seed: torch.Tensor, salt: int) -> torch.Tensor:
-    """The per-call key `k` as a 0-dim int64 tensor on the seed's device."""
+    """The per-call key `k` as a 0-dim int64 tensor on the seed's device. The salt is mixed
+    on the host: no host-to-device copy, so the reference path can be recorded in a graph."""
     s = seed.reshape(()).to(torch.int64)
     lo, hi = s & _M32, (s >> 32) & _M32
-    salt_t = torch.tensor(salt, dtype=torch.int64, device=seed.device)
-    return _mix(lo ^ _mix(hi ^ _mix(salt_t)))
+    return _mix(lo ^ _mix(hi ^ _mix_int(salt)))
 
 
 def keep_mask(rows: int, cols: int, seed: torch.Tensor, salt: int, p: float,
