@@ -138,7 +138,7 @@ def build_unsloth(model_dir, qlora, max_len):
 
 
 def xft_model_cfg(model_dir, qlora):
-    """The `model` section of an xft config for this benchmark (bf16, LoRA dropout 0)."""
+    """The `model` section of an xft config for this benchmark (bf16, `LORA`'s dropout)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
