@@ -69,6 +69,17 @@ def test_masks_keep_one_minus_p_independently_per_adapter_seed_row_and_column():
     assert keep_mask(4, 8, seed, 0, 0.0).all() and not keep_mask(4, 8, seed, 0, 1.0).any()
 
 
+def test_the_cpu_mask_has_the_bits_of_the_device_reference():
+    """keep_mask computes CPU masks in numpy uint32 and device masks in int64 torch ops (what
+    a GPU without Triton runs): the same bits."""
+    from xft.model.kernels.dropout import _keep_mask_torch
+    for rows, cols, seed_value, salt, offset in [(3, 1000, 2**40 + 17, 7, 0), (17, 37, 5, 0, 3),
+                                                 (64, 4096, 2**61 + 1, 123, 1000)]:
+        seed = torch.tensor([seed_value])
+        assert torch.equal(keep_mask(rows, cols, seed, salt, 0.1, offset),
+                           _keep_mask_torch(rows, cols, seed, salt, 0.1, offset))
+
+
 def test_dropped_scales_kept_elements_and_accumulates():
     seed = torch.tensor([99])
     x = torch.randn(6, 50)

@@ -31,6 +31,7 @@ process on probes and falls back to the reference (logged) if it ever differs.
 import logging
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,6 +97,14 @@ def keep_mask(rows: int, cols: int, seed: torch.Tensor, salt: int, p: float,
     >>> torch.equal(mask, keep_mask(64, 512, seed, 3, 0.25)), torch.equal(mask, keep_mask(64, 512, seed, 4, 0.25))
     (True, False)
     """
+    if seed.device.type == 'cpu':
+        return torch.from_numpy(_keep_mask_numpy(rows, cols, int(seed.reshape(())), salt, p, row_offset))
+    return _keep_mask_torch(rows, cols, seed, salt, p, row_offset)
+
+
+def _keep_mask_torch(rows: int, cols: int, seed: torch.Tensor, salt: int, p: float,
+                     row_offset: int = 0) -> torch.Tensor:
+    """`keep_mask` in int64 torch ops on the seed's device (no host sync: graph-safe)."""
     device = seed.device
     key = _call_key(seed, salt)
     row = torch.arange(row_offset, row_offset + rows, dtype=torch.int64, device=device)
@@ -104,6 +113,32 @@ def keep_mask(rows: int, cols: int, seed: torch.Tensor, salt: int, p: float,
     h = _mix((pair + row_key) & _M32)
     bits = torch.stack([h & 0xFFFF, h >> 16], dim=-1).reshape(rows, -1)[:, :cols]
     return bits >= keep_threshold(p)
+
+
+def _mix_u32(x: np.ndarray) -> np.ndarray:
+    """`_mix` on numpy uint32 arrays, in place (uint32 arithmetic wraps modulo 2**32)."""
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(_MIX_1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(_MIX_2)
+    x ^= x >> np.uint32(15)
+    return x
+
+
+def _keep_mask_numpy(rows: int, cols: int, seed: int, salt: int, p: float,
+                     row_offset: int = 0) -> np.ndarray:
+    """`keep_mask` on the CPU: the same bits in numpy uint32, a few times faster than int64
+    torch (half the bytes, no masking after each multiply)."""
+    key = _mix_int((seed & _M32) ^ _mix_int(((seed >> 32) & _M32) ^ _mix_int(salt)))
+    row = np.arange(row_offset, row_offset + rows, dtype=np.uint32)
+    row_key = _mix_u32(row ^ np.uint32(key))[:, None]
+    h = np.arange((cols + 1) // 2, dtype=np.uint32)[None, :] + row_key  # wraps, as in the kernel
+    _mix_u32(h)
+    threshold = keep_threshold(p)
+    keep = np.empty((rows, 2 * h.shape[1]), dtype=bool)
+    np.greater_equal(h & np.uint32(0xFFFF), threshold, out=keep[:, 0::2])
+    np.greater_equal(h >> np.uint32(16), threshold, out=keep[:, 1::2])
+    return keep[:, :cols]
 
 
 def dropped_reference(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
