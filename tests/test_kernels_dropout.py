@@ -110,14 +110,24 @@ def test_seed_advances_from_torchs_generator_and_reaches_every_device_copy():
                     reason='needs CUDA, or TRITON_INTERPRET=1 with triton installed')
 def test_triton_kernel_gives_the_reference_bits():
     pytest.importorskip('triton')
-    from xft.model.kernels.dropout import dropped_triton
+    from xft.model.kernels.dropout import dropped_pair_reference, dropped_pair_triton, dropped_triton
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    exact = dict(rtol=0, atol=0)
     for rows, cols, offset in [(3, 1000, 0), (17, 4096, 5), (2, 37, 1000)]:
         seed = torch.tensor([2**61 + rows], device=device)
         x = torch.randn(rows, cols, device=device)
         got = dropped_triton(x, seed, 11, P, scale=0.5, row_offset=offset)
-        torch.testing.assert_close(got, dropped_reference(x, seed, 11, P, 0.5, row_offset=offset),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(got, dropped_reference(x, seed, 11, P, 0.5, row_offset=offset), **exact)
+        # The backward pair: dropped x, and the dropped term in place or added onto out.
+        t = torch.randn(rows, cols, device=device)
+        t_ref = t.clone()
+        torch.testing.assert_close(dropped_pair_triton(x, t, seed, 1, P, 2.0),
+                                   dropped_pair_reference(x, t_ref, seed, 1, P, 2.0), **exact)
+        torch.testing.assert_close(t, t_ref, **exact)
+        out, out_ref = torch.ones_like(x), torch.ones_like(x)
+        dropped_pair_triton(x, t, seed, 1, P, 2.0, out)
+        dropped_pair_reference(x, t, seed, 1, P, 2.0, out_ref)
+        torch.testing.assert_close(out, out_ref, **exact)
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,9 +149,11 @@ def inject(layer, rows, cols, seed, salt):
                                                         salt, P), P)
 
 
-def run(forward, model, x):
+def run(forward, model, x, input_grad=True):
+    """Outputs, input grad and parameter grads; `input_grad=False` is a layer whose input
+    needs no grad (the first decoder layer's), where backward takes another branch."""
     model.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(input_grad)
     outs = forward(x)
     outs = outs if isinstance(outs, tuple) else (outs, )
     gen = torch.Generator().manual_seed(1)
@@ -153,7 +165,9 @@ def assert_same(got, ref, tol):
     (outs, dx, grads), (outs_ref, dx_ref, grads_ref) = got, ref
     for out, out_ref in zip(outs, outs_ref):
         close(out, out_ref, tol, 'output')
-    close(dx, dx_ref, tol, 'input grad')
+    assert (dx is None) == (dx_ref is None)
+    if dx is not None:
+        close(dx, dx_ref, tol, 'input grad')
     assert set(grads) == set(grads_ref) and grads
     for name in grads_ref:
         close(grads[name], grads_ref[name], tol, name)
@@ -173,8 +187,11 @@ def single_lora(four_bit, dropout=P):
     return model
 
 
-@pytest.mark.parametrize('four_bit,tol', [(False, 1e-6), (True, 1e-5)])
-def test_fused_linear_with_dropout_equals_peft_with_the_same_mask(four_bit, tol):
+FOUR_BIT_AND_INPUT_GRAD = [(False, 1e-6, True), (True, 1e-5, True), (False, 1e-6, False)]
+
+
+@pytest.mark.parametrize('four_bit,tol,input_grad', FOUR_BIT_AND_INPUT_GRAD)
+def test_fused_linear_with_dropout_equals_peft_with_the_same_mask(four_bit, tol, input_grad):
     ref, fused = single_lora(four_bit), single_lora(four_bit)
     seed = seeded()
     swap_modules(fused, type(fused.base_model.model.proj),
@@ -183,11 +200,11 @@ def test_fused_linear_with_dropout_equals_peft_with_the_same_mask(four_bit, tol)
     assert isinstance(layer, FusedLoRALinear) and layer.dropout_p == P
     x = torch.randn(2, 7, HIDDEN)
     inject(ref.base_model.model.proj, 14, HIDDEN, seed, layer.dropout_salt)
-    assert_same(run(fused, fused, x), run(ref, ref, x), tol)
+    assert_same(run(fused, fused, x, input_grad), run(ref, ref, x, input_grad), tol)
 
 
-@pytest.mark.parametrize('four_bit,tol', [(False, 1e-6), (True, 1e-5)])
-def test_fused_qkv_with_dropout_equals_three_peft_layers_with_their_masks(four_bit, tol):
+@pytest.mark.parametrize('four_bit,tol,input_grad', FOUR_BIT_AND_INPUT_GRAD)
+def test_fused_qkv_with_dropout_equals_three_peft_layers_with_their_masks(four_bit, tol, input_grad):
     ref, fused = peft_projections(four_bit, dropout=P), peft_projections(four_bit, dropout=P)
     seed = seeded()
     layers = [getattr(fused.base_model.model, n) for n in WIDTHS]
@@ -204,11 +221,11 @@ def test_fused_qkv_with_dropout_equals_three_peft_layers_with_their_masks(four_b
     x = torch.randn(2, 5, HIDDEN)
     for name, d in zip(WIDTHS, dropouts):
         inject(getattr(ref.base_model.model, name), 10, HIDDEN, seed, d.salt)
-    assert_same(run(forward, fused, x), run(ref, ref, x), tol)
+    assert_same(run(forward, fused, x, input_grad), run(ref, ref, x, input_grad), tol)
 
 
-@pytest.mark.parametrize('four_bit,tol', [(False, 1e-6), (True, 1e-5)])
-def test_fused_mlp_with_dropout_equals_peft_mlp_with_its_masks(four_bit, tol):
+@pytest.mark.parametrize('four_bit,tol,input_grad', FOUR_BIT_AND_INPUT_GRAD)
+def test_fused_mlp_with_dropout_equals_peft_mlp_with_its_masks(four_bit, tol, input_grad):
     ref, fused = lora_mlp_model(four_bit=four_bit, dropout=P), lora_mlp_model(four_bit=four_bit, dropout=P)
     seed = seeded()
     swap_modules(fused, LlamaMLP, lambda m: FusedLoRAMLP.from_module(m, dropout_seed=seed))
@@ -219,7 +236,7 @@ def test_fused_mlp_with_dropout_equals_peft_mlp_with_its_masks(four_bit, tol):
     # gate and up drop the MLP input x, down drops its own input h (tokens x ffn).
     for name, salt, width in zip(PROJ, salts, (HIDDEN, HIDDEN, FFN)):
         inject(getattr(mlp_of(ref), name), 14, width, seed, salt)
-    assert_same(run(fused, fused, x), run(ref, ref, x), tol)
+    assert_same(run(fused, fused, x, input_grad), run(ref, ref, x, input_grad), tol)
 
 
 def test_the_mlp_drops_h_a_block_of_rows_at_a_time_with_the_whole_mask(monkeypatch):

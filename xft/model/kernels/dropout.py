@@ -157,6 +157,20 @@ def dropped_reference(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
     return out.copy_(value)
 
 
+def dropped_pair_reference(x: torch.Tensor, t: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
+                           scale: float = 1.0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`dropped_pair` in plain torch (any device)."""
+    mask = keep_mask(x.shape[0], x.shape[1], seed, salt, p)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    x_dropped = (x.to(compute) * mask * (1.0 / (1.0 - p))).to(x.dtype)
+    t_dropped = (t.to(compute) * mask * (scale / (1.0 - p))).to(t.dtype if out is None else out.dtype)
+    if out is None:
+        t.copy_(t_dropped)
+    else:
+        out.add_(t_dropped)
+    return x_dropped
+
+
 # ------------------------------------------------------------------------------------------
 # the Triton kernel (CUDA)
 # ------------------------------------------------------------------------------------------
@@ -199,15 +213,64 @@ if triton is not None:
         tl.store(out_ptr, value.to(OUT.dtype.element_ty), mask=in_row)
 
 
+    @triton.jit(do_not_specialize=['salt', 'threshold'])
+    def _dropout_pair_kernel(X, T, XD, OUT, SEED, salt, threshold, factor_x, factor_t, n_cols,
+                             stride_x, stride_t, stride_xd, stride_out, ACCUMULATE: tl.constexpr,
+                             PAIRS: tl.constexpr):
+        # Backward of one adapter: the dropped input (for A's grad) and the dropped input-grad
+        # term, from one hash per two elements. The same tiling as _dropout_kernel.
+        row = tl.program_id(0)
+        pairs = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)
+        half = tl.arange(0, 2)
+        seed = tl.load(SEED)
+        lo = seed.to(tl.uint32)
+        hi = (seed >> 32).to(tl.uint32)
+        key = _mix32(lo ^ _mix32(hi ^ _mix32(salt.to(tl.uint32))))
+        row_key = _mix32(row.to(tl.uint32) ^ key)
+        h = _mix32(pairs.to(tl.uint32) + row_key)
+        bits = tl.where(half[None, :] == 0, (h & 0xFFFF)[:, None], (h >> 16)[:, None])
+        keep = bits.to(tl.int32) >= threshold
+        cols = pairs[:, None] * 2 + half[None, :]
+        in_row = cols < n_cols
+        row64 = row.to(tl.int64)
+        x = tl.load(X + row64 * stride_x + cols, mask=in_row, other=0.0).to(tl.float32)
+        x_dropped = tl.where(keep, x * tl.cast(factor_x, tl.float32), 0.0)
+        tl.store(XD + row64 * stride_xd + cols, x_dropped.to(XD.dtype.element_ty), mask=in_row)
+        t = tl.load(T + row64 * stride_t + cols, mask=in_row, other=0.0).to(tl.float32)
+        value = tl.where(keep, t * tl.cast(factor_t, tl.float32), 0.0)
+        out_ptr = OUT + row64 * stride_out + cols
+        if ACCUMULATE:
+            value += tl.load(out_ptr, mask=in_row, other=0.0).to(tl.float32)
+        tl.store(out_ptr, value.to(OUT.dtype.element_ty), mask=in_row)
+
+
+def _pairs_per_program(cols: int) -> int:
+    n_pairs = (cols + 1) // 2
+    return 1024 if n_pairs >= 1024 else max(16, triton.next_power_of_2(n_pairs))
+
+
+def dropped_pair_triton(x: torch.Tensor, t: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
+                        scale: float = 1.0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`dropped_pair` as one Triton kernel (rows with unit column stride)."""
+    x_dropped = torch.empty_like(x)
+    target = t if out is None else out
+    pairs = _pairs_per_program(x.shape[1])
+    grid = (x.shape[0], triton.cdiv((x.shape[1] + 1) // 2, pairs))
+    _dropout_pair_kernel[grid](x, t, x_dropped, target, seed, salt, keep_threshold(p), 1.0 / (1.0 - p),
+                               scale / (1.0 - p), x.shape[1], x.stride(0), t.stride(0),
+                               x_dropped.stride(0), target.stride(0), ACCUMULATE=out is not None,
+                               PAIRS=pairs, num_warps=4)
+    return x_dropped
+
+
 def dropped_triton(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float, scale: float = 1.0,
                    out: Optional[torch.Tensor] = None, accumulate: bool = False,
                    row_offset: int = 0) -> torch.Tensor:
     """`dropped` as one Triton kernel (rows with unit column stride)."""
     if out is None:
         out = torch.empty_like(x)
-    n_pairs = (x.shape[1] + 1) // 2
-    pairs = 1024 if n_pairs >= 1024 else max(16, triton.next_power_of_2(n_pairs))
-    grid = (x.shape[0], triton.cdiv(n_pairs, pairs))
+    pairs = _pairs_per_program(x.shape[1])
+    grid = (x.shape[0], triton.cdiv((x.shape[1] + 1) // 2, pairs))
     _dropout_kernel[grid](x, out, seed, salt, keep_threshold(p), scale / (1.0 - p), x.shape[1],
                           x.stride(0), out.stride(0), row_offset, ACCUMULATE=accumulate, PAIRS=pairs,
                           num_warps=4)
@@ -246,6 +309,13 @@ class _TritonCheck:
                 if not _same(acc, dropped_reference(x, seed, salt, 0.1, out=torch.ones_like(x),
                                                     accumulate=True)):
                     return False
+                t, t_ref = x.flip(0), x.flip(0)
+                acc, acc_ref = torch.ones_like(x), torch.ones_like(x)
+                for out, out_ref in ((None, None), (acc, acc_ref)):
+                    got = dropped_pair_triton(x, t, seed, salt, 0.1, 0.5, out)
+                    ref = dropped_pair_reference(x, t_ref, seed, salt, 0.1, 0.5, out_ref)
+                    if not (_same(got, ref) and _same(t, t_ref) and _same(acc, acc_ref)):
+                        return False
             return True
         except Exception as error:  # a compile or launch failure: the reference still works
             logger.warning('Triton dropout kernel unavailable (%s: %s)', type(error).__name__, error)
@@ -284,6 +354,25 @@ def dropped(x: torch.Tensor, seed: torch.Tensor, salt: int, p: float, scale: flo
             and triton_matches_reference(x.device)):
         return dropped_triton(x, seed, salt, p, scale, out, accumulate, row_offset)
     return dropped_reference(x, seed, salt, p, scale, out, accumulate, row_offset)
+
+
+def dropped_pair(x: torch.Tensor, t: torch.Tensor, seed: torch.Tensor, salt: int, p: float,
+                 scale: float = 1.0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Backward of one adapter's dropout with one mask computation: returns `dropped(x)` (a
+    new tensor, for A's grad) and writes `dropped(t, scale=scale)` (the input-grad term) over
+    `t`, or adds it onto `out`. `x` and `t` have the same (rows, cols) shape.
+
+    >>> seed = torch.tensor([7])
+    >>> x, t = torch.randn(3, 10), torch.randn(3, 10)
+    >>> t_ref = dropped(t, seed, 2, 0.5, scale=3.0)
+    >>> x_dropped = dropped_pair(x, t, seed, 2, 0.5, scale=3.0)
+    >>> torch.equal(x_dropped, dropped(x, seed, 2, 0.5)), torch.allclose(t, t_ref)
+    (True, True)
+    """
+    if (use_triton(x, t, seed) and x.stride(1) == 1 and t.stride(1) == 1
+            and (out is None or out.stride(1) == 1) and triton_matches_reference(x.device)):
+        return dropped_pair_triton(x, t, seed, salt, p, scale, out)
+    return dropped_pair_reference(x, t, seed, salt, p, scale, out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,7 +431,8 @@ class AdapterDropout:
 
     `apply(x)` is `dropout(x)` (a new tensor; `x` itself when `p` is 0); `apply_(t, scale)`
     multiplies `t` in place by `keep / (1 - p) * scale`, the backward of `apply` (with a
-    scale folded in); `add_(out, t, scale)` adds `t * keep / (1 - p) * scale` onto `out`.
+    scale folded in); `add_(out, t, scale)` adds `t * keep / (1 - p) * scale` onto `out`;
+    `grad_pair(x, t, scale, out)` does `apply(x)` and `apply_`/`add_` of `t` with one mask.
     """
     __slots__ = ('p', 'seed', 'salt')
 
@@ -374,6 +464,18 @@ class AdapterDropout:
         if not self.p:
             return t.mul_(scale) if scale != 1.0 else t
         return dropped(t, self._seed_on(t), self.salt, self.p, scale, out=t)
+
+    def grad_pair(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Backward with one mask computation: returns `apply(x)` (for A's grad) and turns
+        `t` into `t * keep / (1 - p) * scale` in place, or adds that onto `out`."""
+        if not self.p:
+            if out is not None:
+                out.add_(t, alpha=scale)
+            elif scale != 1.0:
+                t.mul_(scale)
+            return x
+        return dropped_pair(x, t, self._seed_on(x), self.salt, self.p, scale, out)
 
     def add_(self, out: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         if not self.p:

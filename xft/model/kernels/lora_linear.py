@@ -136,15 +136,25 @@ class _LoRALinearFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         dyb = dy2 @ b  # tokens x r
         dx = da = db = None
+        x_adapter = x2  # the adapter's input: dropout(x), regenerated from the seed
         if ctx.needs_input_grad[0]:
-            if dropout.p:  # mask / (1 - p) and the scaling in one pass over tokens x in
-                dx = dropout.apply_(torch.mm(dyb, a), ctx.scaling)
+            if dropout.p:
+                # One pass makes both dropout(x) (for A's grad) and the input-grad term
+                # mask / (1 - p) * scaling * (dy B A).
+                dx = torch.mm(dyb, a)
+                if ctx.needs_input_grad[1]:
+                    x_adapter = dropout.grad_pair(x2, dx, ctx.scaling)
+                else:
+                    dropout.apply_(dx, ctx.scaling)
             else:
                 dx = torch.mm(dyb * ctx.scaling, a)
             dx = add_base_product(dx, dy2, dense_weight(ctx.base, dtype))
             dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
+        elif ctx.needs_input_grad[1]:
+            x_adapter = dropout.apply(x2)
         if ctx.needs_input_grad[1]:
-            da = (dyb.t() @ dropout.apply(x2)).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+            da = (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+        del x_adapter
         if ctx.needs_input_grad[2]:
             db = (dy2.t() @ xa).to(ctx.param_dtypes[1]).mul_(ctx.scaling)
         return dx, da, db, None, None, None

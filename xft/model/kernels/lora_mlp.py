@@ -129,23 +129,39 @@ class _LoRAMLPFn(torch.autograd.Function):
             dgate, dup = dgu[:, :ff], dgu[:, ff:]
             dgate_b = dgate @ b_gate
             dup_b = dup @ b_up
-            if need[1]:
-                da_gate = (dgate_b.t() @ drop_gate.apply(x2)).to(dtypes[0]).mul_(s_gate)
             if need[2]:
                 db_gate = (dgate.t() @ xa_gu[:, :r]).to(dtypes[1]).mul_(s_gate)
-            if need[3]:
-                da_up = (dup_b.t() @ drop_up.apply(x2)).to(dtypes[2]).mul_(s_up)
             if need[4]:
                 db_up = (dup.t() @ xa_gu[:, r:]).to(dtypes[3]).mul_(s_up)
-            if need[0]:
-                if drop_gate.p or drop_up.p:
-                    # Each adapter's input-grad term through its own mask, into one buffer.
-                    dx = drop_gate.apply_(torch.mm(dgate_b, a_gu[:r]), s_gate)
-                    drop_up.add_(dx, torch.mm(dup_b, a_gu[r:]), s_up)
-                else:
+            a_grads = [None, None]  # gate's and up's A grads
+            adapters = ((drop_gate, dgate_b, a_gu[:r], s_gate, need[1], dtypes[0]),
+                        (drop_up, dup_b, a_gu[r:], s_up, need[3], dtypes[2]))
+            if need[0] and (drop_gate.p or drop_up.p):
+                # Each adapter's input-grad term through its own mask, into one buffer; the
+                # same pass makes the adapter's dropped input for its A grad.
+                for i, (drop, d_b, a, s, need_a, a_dtype) in enumerate(adapters):
+                    term = torch.mm(d_b, a)
+                    if need_a:
+                        x_adapter = drop.grad_pair(x2, term, s, out=dx)
+                        a_grads[i] = (d_b.t() @ x_adapter).to(a_dtype).mul_(s)
+                        del x_adapter
+                    elif dx is not None:
+                        drop.add_(dx, term, s)
+                    else:
+                        drop.apply_(term, s)
+                    if dx is None:
+                        dx = term
+                    del term
+            else:
+                for i, (drop, d_b, a, s, need_a, a_dtype) in enumerate(adapters):
+                    if need_a:
+                        a_grads[i] = (d_b.t() @ drop.apply(x2)).to(a_dtype).mul_(s)
+                if need[0]:
                     # Both adapters' input-grad terms in one matmul against [A_gate; A_up].
                     dgu_b = torch.cat([dgate_b * s_gate, dup_b * s_up], dim=1)
                     dx = torch.mm(dgu_b, a_gu)
+            da_gate, da_up = a_grads
+            if need[0]:
                 add_base_product(dx, dgate, dense_weight(base_gate, dtype))
                 add_base_product(dx, dup, dense_weight(base_up, dtype))
                 dx = dx.view(ctx.x_shape).to(ctx.x_dtype)

@@ -72,7 +72,6 @@ class _LoRAProjectionsFn(torch.autograd.Function):
         dtype = x2.dtype
         dropouts = ctx.dropouts
         dx = None
-        adapter_grads = []
         with torch.autocast(x2.device.type, enabled=False):
             dys2 = [dy.reshape(-1, dy.shape[-1]).to(dtype) for dy in dys]
             # Every adapter's tokens x r grad, scaled, side by side: their input-grad terms
@@ -80,24 +79,38 @@ class _LoRAProjectionsFn(torch.autograd.Function):
             # weights' products are added onto it (`add_base_product`).
             dy_b = torch.cat([(dy2 @ b).mul_(s) for dy2, b, s in zip(dys2, b_cast, ctx.scalings)],
                              dim=1)
+            adapter_grads = [None] * (2 * len(dys2))
             for i, dy2 in enumerate(dys2):
                 r0, r1 = ctx.ranks[i]
-                da = db = None
-                if need[4 + 2 * i]:
-                    # dropout(x) regenerated from the seed, not kept from forward.
-                    da = (dy_b[:, r0:r1].t() @ dropouts[i].apply(x2)).to(ctx.param_dtypes[2 * i])
                 if need[5 + 2 * i]:
-                    db = (dy2.t() @ xa[:, r0:r1]).to(ctx.param_dtypes[2 * i + 1]).mul_(ctx.scalings[i])
-                adapter_grads += [da, db]
+                    adapter_grads[2 * i + 1] = (dy2.t() @ xa[:, r0:r1]).to(
+                        ctx.param_dtypes[2 * i + 1]).mul_(ctx.scalings[i])
+            dropped = any(d.p for d in dropouts)
+            if need[0] and not dropped:
+                dx = torch.mm(dy_b, a_cat)
+            for i, d in enumerate(dropouts):
+                r0, r1 = ctx.ranks[i]
+                need_a = need[4 + 2 * i]
+                x_adapter = x2  # dropout_i(x), regenerated from the seed, not kept
+                if need[0] and dropped:
+                    # Each adapter's input-grad term through its own mask, into one buffer;
+                    # the same pass makes dropout_i(x) for A's grad.
+                    term = torch.mm(dy_b[:, r0:r1], a_cat[r0:r1])
+                    if need_a:
+                        x_adapter = d.grad_pair(x2, term, out=dx)
+                    elif dx is not None:
+                        d.add_(dx, term)
+                    else:
+                        d.apply_(term)
+                    if dx is None:
+                        dx = term
+                    del term
+                elif need_a:
+                    x_adapter = d.apply(x2)
+                if need_a:
+                    adapter_grads[2 * i] = (dy_b[:, r0:r1].t() @ x_adapter).to(ctx.param_dtypes[2 * i])
+                del x_adapter
             if need[0]:
-                if any(d.p for d in dropouts):
-                    # Each adapter's term through its own mask, accumulated in one buffer.
-                    for i, (d, (r0, r1)) in enumerate(zip(dropouts, ctx.ranks)):
-                        term = torch.mm(dy_b[:, r0:r1], a_cat[r0:r1])
-                        dx = d.apply_(term) if dx is None else d.add_(dx, term)
-                        del term
-                else:
-                    dx = torch.mm(dy_b, a_cat)
                 for i, dy2 in enumerate(dys2):
                     dx = add_base_product(dx, dy2, dense_weight(ctx.bases[i], dtype))
         if dx is not None:
