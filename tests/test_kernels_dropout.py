@@ -242,7 +242,8 @@ def test_fused_mlp_with_dropout_equals_peft_mlp_with_its_masks(four_bit, tol, in
 def test_the_mlp_drops_h_a_block_of_rows_at_a_time_with_the_whole_mask(monkeypatch):
     """More tokens than one block of h: the blocks' masks are the rows of the whole mask."""
     import importlib
-    monkeypatch.setattr(importlib.import_module('xft.model.kernels.lora_mlp'), '_DOWN_DROPOUT_ROWS', 4)
+    monkeypatch.setattr(importlib.import_module('xft.model.kernels.lora_mlp'), '_DOWN_DROPOUT_ELEMENTS',
+                        4 * FFN)  # blocks of 4 rows
     ref, fused = lora_mlp_model(dropout=P), lora_mlp_model(dropout=P)
     seed = seeded()
     swap_modules(fused, LlamaMLP, lambda m: FusedLoRAMLP.from_module(m, dropout_seed=seed))

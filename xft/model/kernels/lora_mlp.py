@@ -38,9 +38,10 @@ from .swiglu import SILU_TYPES, swiglu_packed, swiglu_packed_backward_
 _PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
 
 
-# Rows of the MLP's hidden activation h dropped at a time for the down adapter's input, so
-# the dropped copy is a block (4 MB at ffn 11008 in bf16), not a second tokens x ffn tensor.
-_DOWN_DROPOUT_ROWS = 256
+# Elements of the MLP's hidden activation h dropped at a time for the down adapter's input,
+# so the dropped copy is a block (16 MB in bf16: 762 rows at ffn 11008) and not a second
+# tokens x ffn tensor (180 MB at 8k tokens), in few enough blocks to keep launches rare.
+_DOWN_DROPOUT_ELEMENTS = 8 * 2**20
 
 
 class _LoRAMLPFn(torch.autograd.Function):
@@ -76,7 +77,7 @@ class _LoRAMLPFn(torch.autograd.Function):
             add_base_product(up, x2, dense_weight(base_up, dtype).t())
             h = swiglu_packed(gu)
             a_down2, b_down2 = a_down.to(dtype), b_down.to(dtype)
-            xa_down = drop_down.matmul(h, a_down2.t(), _DOWN_DROPOUT_ROWS)
+            xa_down = drop_down.matmul(h, a_down2.t(), max(1, _DOWN_DROPOUT_ELEMENTS // ff))
             out = add_base_product(torch.mm(xa_down * s_down, b_down2.t()), h,
                                    dense_weight(base_down, dtype).t())
             del h  # not saved: backward recomputes it from gu
