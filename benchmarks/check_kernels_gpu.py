@@ -161,6 +161,33 @@ def check_dropout_kernel(dev):
         if not same_mask:
             FAILED.append(f'dropout mask {rows}x{cols}')
         check(f'dropout values {rows}x{cols} {dtype}', [(got, ref)], 1e-2)
+    time_dropout_kernel(dev)
+
+
+def time_dropout_kernel(dev):
+    """How long the dropout kernels take against a plain copy of the same tensor (the memory
+    traffic alone): their hash is integer work, and this says whether it hides under it."""
+    from xft.model.kernels.dropout import dropped, dropped_pair
+
+    def microseconds(fn, repeat=50):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / repeat * 1000
+
+    seed = torch.tensor([12345], device=dev)
+    for rows, cols in [(2048, 4096), (2048, 11008), (8192, 4096)]:
+        x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)
+        t = torch.randn_like(x)
+        copy = microseconds(lambda: x.clone())
+        single = microseconds(lambda: dropped(x, seed, 3, 0.1))
+        pair = microseconds(lambda: dropped_pair(x, t, seed, 3, 0.1, 0.5))
+        print(f'    dropout timing {rows}x{cols} bf16: dropped {single:.1f} us, dropped_pair {pair:.1f} us, '
+              f'clone {copy:.1f} us', flush=True)
 
 
 def check_fast_path_models(dev):
