@@ -332,6 +332,7 @@ def test_recomputation_regenerates_the_forwards_masks(tiny_llama_dir):
     plain, checkpointed = lora_llama(tiny_llama_dir, 0.1), lora_llama(tiny_llama_dir, 0.1)
     state = apply_fast_path(plain, gradient_checkpointing=False)
     assert state.dropout_hook is not None and len(state.lora_mlps) == 2
+    assert state.summary().endswith('adapter dropout with replayable masks')
     assert apply_fast_path(checkpointed).checkpointed_layers == 2
     ids = torch.randint(0, plain.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     for step in range(2):

@@ -99,7 +99,8 @@ class FastPathState:
                 f'{len(self.mlps)} MLPs, {len(self.lora_mlps)} LoRA MLPs, '
                 f'{self.checkpointed_layers} checkpointed layers'
                 f'{" (CUDA graphs)" if self.graphs is not None else ""}, '
-                f'{len(self.recast_params)} frozen params recast to the compute dtype')
+                f'{len(self.recast_params)} frozen params recast to the compute dtype'
+                f'{", adapter dropout with replayable masks" if self.dropout_hook is not None else ""}')
 
 
 def hf_model(llm: nn.Module) -> nn.Module:
