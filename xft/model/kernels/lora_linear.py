@@ -136,25 +136,25 @@ class _LoRALinearFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         dyb = dy2 @ b  # tokens x r
         dx = da = db = None
-        x_adapter = x2  # the adapter's input: dropout(x), regenerated from the seed
+
+        def a_grad(x_adapter):  # x_adapter: dropout(x), regenerated from the seed
+            return (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+
         if ctx.needs_input_grad[0]:
             if dropout.p:
-                # One pass makes both dropout(x) (for A's grad) and the input-grad term
-                # mask / (1 - p) * scaling * (dy B A).
+                # One pass makes both dropout(x) (for A's grad, freed before the frozen
+                # weight's product) and the input-grad term mask / (1 - p) * scaling * (dy B A).
                 dx = torch.mm(dyb, a)
                 if ctx.needs_input_grad[1]:
-                    x_adapter = dropout.grad_pair(x2, dx, ctx.scaling)
+                    da = a_grad(dropout.grad_pair(x2, dx, ctx.scaling))
                 else:
                     dropout.apply_(dx, ctx.scaling)
             else:
                 dx = torch.mm(dyb * ctx.scaling, a)
             dx = add_base_product(dx, dy2, dense_weight(ctx.base, dtype))
             dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
-        elif ctx.needs_input_grad[1]:
-            x_adapter = dropout.apply(x2)
-        if ctx.needs_input_grad[1]:
-            da = (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
-        del x_adapter
+        if ctx.needs_input_grad[1] and da is None:
+            da = a_grad(dropout.apply(x2))
         if ctx.needs_input_grad[2]:
             db = (dy2.t() @ xa).to(ctx.param_dtypes[1]).mul_(ctx.scaling)
         return dx, da, db, None, None, None
