@@ -75,12 +75,14 @@ def train(cfg):
     from xft.engine.device import setup_distributed
     from xft.engine.hooks.exact_resume_hook import ExactResumeHook
     from xft.engine.hooks.preemption_hook import PreemptionHook
+    from xft.engine.hooks.throughput_hook import add_throughput_hook_if_missing
 
     register_checkpoint_loader()
     setup_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else _build_custom_runner(cfg)
     runner.register_hook(ExactResumeHook())
     runner.register_hook(PreemptionHook())
+    add_throughput_hook_if_missing(runner)  # tokens/s and MFU in every log line
     runner.train()
     return runner
 
