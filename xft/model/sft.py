@@ -11,6 +11,7 @@ from xft.utils.errors import ConfigError
 
 from .fast_path import apply_fast_path, causal_lm_loss
 from .lora import attach_lora
+from .loss import count_trained_tokens
 from .packed_attention import packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
 
@@ -123,10 +124,21 @@ class SupervisedFinetune(BaseModel):
         return packed_attention_kwargs(data, self.llm.config._attn_implementation, dtype=self.llm.dtype)
 
     def compute_loss(self, data) -> dict:
-        """Mean cross-entropy over the tokens whose label is not IGNORE_INDEX."""
+        """Mean cross-entropy over this micro-batch's trained tokens (labels not IGNORE_INDEX).
+
+        This mean is what the log shows. ``TrainLoop`` then weighs it by the micro-batch's
+        share of the trained tokens of the whole optimizer step (all accumulated micro-batches,
+        all ranks; ``xft.engine.token_weighting``), so the step's gradient is that of the mean
+        over all its tokens. A micro-batch without trained tokens gives a zero loss that still
+        reaches every weight (DDP waits for all gradients) instead of 0/0 = NaN.
+        """
         kwargs = self.forward_kwargs(data)
         if self.fast_path is None:
-            return {'loss': self.llm(**kwargs).loss}
+            outputs = self.llm(**kwargs)
+            if count_trained_tokens(kwargs['labels']) == 0:
+                return {'loss': outputs.logits.sum() * 0.0}
+            return {'loss': outputs.loss}
+        # The chunked loss divides by max(tokens, 1): zero, not NaN, without trained tokens.
         loss, _ = causal_lm_loss(self.llm, kwargs.pop('input_ids'), kwargs.pop('labels'), **kwargs)
         return {'loss': loss}
 
