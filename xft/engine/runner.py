@@ -13,6 +13,7 @@ from xft.engine.schedulers import drop_empty_schedulers
 from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLoss
 from xft.engine.token_weighting import (LOSS_NORMALIZATIONS, StepWindows, TokenWeightedOptimWrapper,
                                         accumulation_of)
+from xft.parallel.sequence import check_sequence_parallel_size
 from xft.utils.errors import ConfigError
 
 # The custom hook point called once a resumed run's dataloader stands where the saved run
@@ -136,6 +137,8 @@ class TrainLoop(IterBasedTrainLoop):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ConfigError(f'train_cfg.loss_normalization: expected one of {", ".join(LOSS_NORMALIZATIONS)}, '
                               f'got {loss_normalization!r}')
+        # XTuner's configs declare it in PART 1; its sampler import alone is fine at size 1.
+        check_sequence_parallel_size(getattr(runner, 'cfg', {}).get('sequence_parallel_size', 1))
         if max_epochs is not None:
             runner_dataloader = runner.build_dataloader(dataloader) if isinstance(dataloader, dict) else dataloader
             iters_per_epoch = len(runner_dataloader)
