@@ -38,7 +38,8 @@ def trained(tmp_path_factory, tiny_llama_dir, shared_data):
     config.write_text(text)
     hooked = folder / 'tiny_lora_hooks.py'
     hooked.write_text(text + ('\nfrom xft.engine.hooks import HFCheckpointHook, VarlenAttnArgsToMessageHubHook\n'
-                              'custom_hooks = [dict(type=HFCheckpointHook), dict(type=VarlenAttnArgsToMessageHubHook)]\n'))
+                              'custom_hooks = [dict(type=HFCheckpointHook),\n'
+                              '                dict(type=VarlenAttnArgsToMessageHubHook)]\n'))
     work_dir = folder / 'first'
     result = run_train(hooked, '--work-dir', work_dir, '--cfg-options', *OPTIONS, 'train_cfg.max_iters=3',
                        'default_hooks.checkpoint.interval=3')

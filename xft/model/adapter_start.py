@@ -58,8 +58,8 @@ def _comparable(field, value):
 
 def check_adapter_agrees(adapter, lora_config, folder) -> None:
     """One line naming every shaping setting where the adapter and ``model.lora`` differ."""
-    differ = [field for field in SHAPING_FIELDS
-              if _comparable(field, getattr(adapter, field, None)) != _comparable(field, getattr(lora_config, field, None))]
+    differ = [field for field in SHAPING_FIELDS if _comparable(field, getattr(adapter, field, None))
+              != _comparable(field, getattr(lora_config, field, None))]
     if differ:
         adapter_values = ', '.join(f'{field}={_shown(getattr(adapter, field, None))}' for field in differ)
         config_values = ', '.join(f'{field}={_shown(getattr(lora_config, field, None))}' for field in differ)
