@@ -194,6 +194,10 @@ def with_rope_scaled_to(llm, max_position_embeddings):
         return llm
     if not isinstance(llm, dict) or not llm.get('pretrained_model_name_or_path'):
         raise ConfigError('model.max_position_embeddings: needs model.llm with a pretrained_model_name_or_path')
+    own = [key for key in ('rope_parameters', 'rope_scaling') if llm.get(key) is not None]
+    if own:
+        raise ConfigError(f'model.max_position_embeddings={max_position_embeddings} and model.llm.{own[0]} both '
+                          'scale RoPE; keep one')
     from transformers import AutoConfig
     path = llm['pretrained_model_name_or_path']
     try:
