@@ -26,14 +26,27 @@ def llm_cfg(path, bits=None):
     return cfg
 
 
+@pytest.fixture
 def capture_log(capsys):
-    """Call in a test's body: print_log(logger='current') then writes to the captured stdout
-    (a new MMLogger instance becomes the current one; its handler binds sys.stdout now)."""
+    """``read = capture_log()`` in a test's body: print_log(logger='current') then writes to
+    the captured stdout (a new MMLogger instance becomes the current one; its handler binds
+    sys.stdout when made). Afterwards the handler writes to the process's stdout again, never
+    to the test's closed capture stream."""
+    import sys
     import uuid
 
     from mmengine.logging import MMLogger
-    MMLogger.get_instance(f'xft_test_{uuid.uuid4().hex}', log_level='INFO')
-    return lambda: capsys.readouterr().out
+    loggers = []
+
+    def start():
+        loggers.append(MMLogger.get_instance(f'xft_test_{uuid.uuid4().hex}', log_level='INFO'))
+        return lambda: capsys.readouterr().out
+
+    yield start
+    for logger in loggers:
+        for handler in logger.handlers:
+            if hasattr(handler, 'stream'):  # not setStream: it would flush the closed stream
+                handler.stream = sys.__stdout__
 
 
 def base_of(model):
@@ -42,8 +55,8 @@ def base_of(model):
 
 # ----------------------------------------------------------------------- max_position_embeddings
 
-def test_rope_is_scaled_linearly_before_the_model_is_built(tiny_llama_dir, capsys):
-    log = capture_log(capsys)
+def test_rope_is_scaled_linearly_before_the_model_is_built(tiny_llama_dir, capture_log):
+    log = capture_log()
     plain = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir), lora=LORA, use_fast_path=False)
     model = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir), lora=LORA, max_position_embeddings=1500)
     config = base_of(model).config
@@ -54,14 +67,18 @@ def test_rope_is_scaled_linearly_before_the_model_is_built(tiny_llama_dir, capsy
     assert "RoPE scaled linearly by 3 (rope_parameters=" in log()
 
 
-def test_a_length_the_model_covers_leaves_rope_alone(tiny_llama_dir, capsys):
-    log = capture_log(capsys)
+def test_a_length_the_model_covers_leaves_rope_alone(tiny_llama_dir, capture_log):
+    log = capture_log()
     model = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir), lora=LORA, max_position_embeddings=512)
     assert base_of(model).config.rope_parameters['rope_type'] == 'default'
     assert "within the model's 512 positions, RoPE left as it is" in log()
 
 
-def test_rope_scaling_that_cannot_be_honoured_is_refused():
+def test_rope_scaling_that_cannot_be_honoured_is_refused(tiny_llama_dir):
+    explicit = dict(llm_cfg(tiny_llama_dir), rope_parameters={'rope_type': 'dynamic', 'factor': 2.0})
+    with pytest.raises(ConfigError, match='max_position_embeddings=4096 and model.llm.rope_parameters both scale '
+                                          'RoPE; keep one'):
+        SupervisedFinetune(llm=explicit, lora=LORA, max_position_embeddings=4096)
     with pytest.raises(ConfigError, match=r"max_position_embeddings=4096 exceeds the model's 1024 positions, "
                                           r"but GPT2Config has no RoPE scaling"):
         linear_rope_scaling(GPT2Config(n_positions=1024), 4096)
@@ -113,8 +130,8 @@ def test_rows_grow_to_a_multiple_of_64():
 
 
 def test_a_larger_tokenizer_grows_the_embeddings_and_lora_trains_only_the_new_rows(
-        tiny_llama_dir, grown_tokenizer_dir, capsys):
-    log = capture_log(capsys)
+        tiny_llama_dir, grown_tokenizer_dir, capture_log):
+    log = capture_log()
     model = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir), lora=LORA, tokenizer=tokenizer_cfg(grown_tokenizer_dir))
     base = base_of(model)
     assert base.get_input_embeddings().weight.shape[0] == 576 and base.config.vocab_size == 576
@@ -166,8 +183,8 @@ def save_adapter(folder, model_dir, **lora_kwargs):
 
 
 @pytest.mark.parametrize('bits', [None, 4])
-def test_peft_model_loads_the_adapter_weights_as_trainable(tmp_path, tiny_llama_dir, bits, capsys):
-    log = capture_log(capsys)
+def test_peft_model_loads_the_adapter_weights_as_trainable(tmp_path, tiny_llama_dir, bits, capture_log):
+    log = capture_log()
     saved = save_adapter(tmp_path / 'adapter', tiny_llama_dir)
     model = SupervisedFinetune(llm=llm_cfg(tiny_llama_dir, bits), lora=LORA, peft_model=str(tmp_path / 'adapter'),
                                use_fast_path=False)
