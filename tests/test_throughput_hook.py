@@ -111,7 +111,7 @@ def test_a_zoo_config_logs_tokens_per_second_in_its_log_line(tmp_path, tiny_llam
     import re
     from pathlib import Path
 
-    from conftest_zoo import small_data_files, tiny_config_text
+    from helpers.zoo import small_data_files, tiny_config_text
     from xft import cli
 
     shipped = Path(__file__).resolve().parents[1] / 'configs/llama/llama2_7b/llama2_7b_qlora_alpaca_e3.py'

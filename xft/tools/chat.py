@@ -189,6 +189,9 @@ def load_model(args):
     keep_4bit_weights_trainable_on_cpu(model)
     if args.adapter:
         from peft import PeftModel
+
+        from xft.model.vocab import grow_base_to_adapter
+        grow_base_to_adapter(model, args.adapter)  # an adapter that trained added tokens' rows
         model = PeftModel.from_pretrained(model, str(args.adapter), is_trainable=False)
     model.eval()
     model.generation_config.use_cache = True

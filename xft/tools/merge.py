@@ -62,6 +62,7 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     from xft.dataset.map_fns.template import resolve_template
     from xft.model.chat_template import add_stop_tokens_to_generation_config
     from xft.model.export import TRAINING_CONFIG_FILENAME, read_training_template
+    from xft.model.vocab import grow_base_to_adapter
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base), dtype='auto', device_map=_device_map(device),
@@ -69,6 +70,7 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     except (OSError, ValueError) as error:
         raise UserError(f'{base}: cannot load the base model: '
                         f'{str(error).splitlines()[0]}') from None
+    grow_base_to_adapter(model, adapter)  # an adapter that trained added tokens' rows
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     merged = model.merge_and_unload()
     merged.save_pretrained(str(save_dir), max_shard_size=max_shard_size,
