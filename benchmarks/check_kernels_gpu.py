@@ -135,6 +135,7 @@ def main():
     check('linear_cross_entropy (loss, dh)', list(zip(got, ref)), 1e-2)
     check_dropout_kernel(dev)
     check_fast_path_models(dev)
+    check_packed_varlen(dev)
     print('FAILED: ' + ', '.join(FAILED) if FAILED else 'all kernel checks passed')
     return 1 if FAILED else 0
 
@@ -261,6 +262,124 @@ def check_fast_path_models(dev):
               [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
         if 'plain' in runs:
             check(f'fast path vs plain peft, {kind} (losses)', [(runs['fast'][0], runs['plain'][0])], 2e-2)
+
+
+def packed_row(width, gen, dev):
+    """One packed row of random samples (3 to 300 tokens) as the collate function gives it."""
+    lengths, total = [], 0
+    while total < width:
+        n = min(int(torch.randint(3, 300, (1, ), generator=gen)), width - total)
+        lengths.append(n)
+        total += n
+    cumulative = torch.tensor([0] + lengths).cumsum(0)
+    ids = torch.randint(0, 1000, (1, width), generator=gen)
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    return {'input_ids': ids.to(dev), 'labels': ids.clone().to(dev), 'position_ids': positions.to(dev),
+            'cumulative_len': [cumulative], 'max_seqlen': max(lengths)}, lengths
+
+
+def check_packed_varlen(dev):
+    """Packed rows through torch's varlen_attn (xft_varlen, what SupervisedFinetune picks on a
+    GPU): the loss and grads equal SDPA's block mask and the samples run one by one, and with
+    CUDA graphs (boundaries padded to one shape) the steps equal those without."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from xft.model.fast_path import apply_fast_path, causal_lm_loss
+    from xft.model.kernels.graphs import GraphFamily
+    from xft.model.packed_attention import (choose_packed_attention, packed_attention_kwargs,
+                                            varlen_attention_available)
+
+    if not varlen_attention_available():
+        print('BAD packed varlen: torch has no varlen_attn here', flush=True)
+        FAILED.append('packed varlen: no varlen_attn')
+        return
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048)
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+
+    def model_with(attention, family):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={'': 0},
+                                                     attn_implementation='sdpa')
+        if attention != 'sdpa':
+            assert choose_packed_attention(model) == attention
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=targets))
+        for n, p in model.named_parameters():
+            if 'lora_B' in n:
+                p.data.normal_(std=0.02)
+        apply_fast_path(model, offload_checkpoints=True, cuda_graphs=family or False)
+        return model.train()
+
+    def step_loss(model, attention, data):
+        kwargs = packed_attention_kwargs(data, attention)
+        ids, labels = kwargs.pop('input_ids'), kwargs.pop('labels')
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            loss, n = causal_lm_loss(model, ids, labels, **kwargs)
+        return loss, n
+
+    # 1. one packed row: varlen == block mask == the samples one by one (summed token losses)
+    gen = torch.Generator().manual_seed(3)
+    data, lengths = packed_row(1024, gen, dev)
+    results = {}
+    for attention in ('sdpa', 'xft_varlen'):
+        model = model_with(attention, None)
+        torch.manual_seed(7)
+        loss, n = step_loss(model, attention, data)
+        loss.backward()
+        grads = [p.grad.float().clone() for p in model.parameters() if p.requires_grad]
+        results[attention] = (loss.detach().float(), grads)
+        if attention == 'xft_varlen':
+            total, count, start = 0.0, 0, 0
+            with torch.no_grad():
+                for length in lengths:
+                    piece = {'input_ids': data['input_ids'][:, start:start + length]}
+                    piece['labels'] = piece['input_ids']
+                    torch.manual_seed(7)
+                    part, m = step_loss(model, 'sdpa', piece)
+                    total, count, start = total + float(part) * m, count + m, start + length
+        del model
+        torch.cuda.empty_cache()
+    check('packed row, varlen vs SDPA block mask (loss, grads)',
+          [(results['xft_varlen'][0], results['sdpa'][0])]
+          + list(zip(results['xft_varlen'][1], results['sdpa'][1])), 2e-2)
+    print(f'    packed loss {float(results["xft_varlen"][0]):.5f}; samples one by one, no dropout '
+          f'masks shared: {total / count:.5f} ({len(lengths)} samples)', flush=True)
+
+    # 2. six steps of different packings: graphs on == graphs off, and the graphs replayed
+    runs = {}
+    for mode in ('fast', 'graphs'):
+        family = GraphFamily() if mode == 'graphs' else None
+        model = model_with('xft_varlen', family)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+        gen = torch.Generator().manual_seed(5)
+        losses = []
+        for step in range(6):
+            data, _ = packed_row(1024, gen, dev)
+            torch.manual_seed(100 + step)
+            loss, _ = step_loss(model, 'xft_varlen', data)
+            loss.backward()
+            grads = [p.grad.detach().float().clone() for p in params]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach().float())
+        runs[mode] = (torch.stack(losses), grads, family.replays if family else None)
+        del model, opt
+        torch.cuda.empty_cache()
+    print('    varlen losses: ' + '; '.join(f'{m}=' + ','.join(f'{x:.4f}' for x in r[0].tolist())
+                                      for m, r in runs.items()) + f'; replays={runs["graphs"][2]}',
+          flush=True)
+    if not runs['graphs'][2]:
+        FAILED.append('graphs with varlen: no layer replayed')
+    check('packed varlen, graphs vs no graphs (losses, last grads)',
+          [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from .adapter_start import (check_adapter_agrees, load_adapter_weights, read_ada
 from .long_context import linear_rope_scaling
 from .lora import attach_lora, build_lora_config
 from .loss import count_trained_tokens
-from .packed_attention import packed_attention_kwargs
+from .packed_attention import VARLEN_ATTENTION_NAME, choose_packed_attention, packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
 from .vocab import embedding_rows_for, grow_embeddings, tokenizer_length, train_new_rows
 
@@ -52,7 +52,9 @@ class SupervisedFinetune(BaseModel):
             Target modules default to every linear layer except the output head.
         use_activation_checkpointing: recompute activations in the backward pass to save memory.
         use_varlen_attn: XTuner's switch for variable-length attention. Packed rows get
-            boundary-respecting attention whatever its value (see ``forward_kwargs``).
+            boundary-respecting attention whatever its value (see ``forward_kwargs``); on a
+            GPU whose torch has ``varlen_attn``, an SDPA model runs packed rows through it
+            (``xft.model.packed_attention.choose_packed_attention``).
         use_fast_path: fused LoRA/RMSNorm/SwiGLU/RoPE modules, per-layer checkpointing and a
             chunked loss that never forms the full fp32 logits (``xft.model.fast_path``).
             The loss and gradients equal the plain path's to float tolerance.
@@ -85,6 +87,9 @@ class SupervisedFinetune(BaseModel):
         if max_position_embeddings is not None:
             llm = with_rope_scaled_to(llm, max_position_embeddings)
         llm = build_llm(llm)
+        if choose_packed_attention(llm) == VARLEN_ATTENTION_NAME:
+            print_log('SupervisedFinetune: packed rows attend through torch\'s varlen_attn '
+                      f'({VARLEN_ATTENTION_NAME}), other batches through SDPA', logger='current')
         quantized = is_quantized(llm)
         if quantized and lora is None:
             raise ConfigError('model: a quantized llm (quantization_config) can only be trained with LoRA; '
