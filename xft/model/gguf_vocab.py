@@ -58,6 +58,7 @@ class GgufVocab:
     special_ids: dict = field(default_factory=dict)   # bos, eos, unk, pad, eot -> id
     add_bos: bool = False
     add_eos: bool = False
+    notes: list = field(default_factory=list)   # what a reader of the file should know
 
 
 def _backend_json(tokenizer):
@@ -126,15 +127,17 @@ def byte_level_pre_name(pre_tokenizer):
     return None
 
 
-def _spm_adds_space_prefix(tokenizer_json):
-    """True when the tokenizer writes ``▁`` before the text (Metaspace or a Prepend normalizer)."""
+def spm_prefix_scheme(tokenizer_json):
+    """Where the tokenizer writes a ``▁`` before text: 'always' (a Prepend normalizer, Llama 2's
+    legacy form: also after each special token), 'first' (Metaspace: only at the start), or
+    'never'."""
     text = json.dumps([tokenizer_json.get('normalizer'), tokenizer_json.get('pre_tokenizer')])
     if '"Prepend"' in text:
-        return True
+        return 'always'
     for step in _flatten(tokenizer_json.get('pre_tokenizer')):
         if step.get('type') == 'Metaspace':
-            return step.get('prepend_scheme', 'always') != 'never'
-    return False
+            return step.get('prepend_scheme', 'always')
+    return 'never'
 
 
 def merge_scores(tokens, pairs):
@@ -207,7 +210,13 @@ def gguf_vocab(tokenizer, vocab_size, stop_ids=(), pre=None):
                             '(llama.cpp\'s name, e.g. gpt-2, llama-bpe, qwen2) if you know it')
     else:
         result.scores = merge_scores(tokens, pairs)
-        result.add_space_prefix = _spm_adds_space_prefix(tokenizer_json)
+        scheme = spm_prefix_scheme(tokenizer_json)
+        result.add_space_prefix = scheme != 'never'
+        if scheme == 'first':
+            result.notes.append(
+                'llama.cpp writes a space before text that follows a special token; this '
+                'tokenizer only at the start, so a prompt with special tokens mid-text (a chat '
+                'template\'s) can tokenize differently there than in training')
     result.special_ids = special_token_ids(tokenizer, stop_ids)
     result.add_bos, result.add_eos = _adds_special(tokenizer)
     return result

@@ -168,6 +168,8 @@ def convert(args):
     print(f'      {spec.gguf_arch.lower()}, {len(sources)} tensors, tokenizer {vocab.model}'
           f'{f" ({vocab.pre})" if vocab.pre else ""}, {len(vocab.tokens):,} tokens', flush=True)
     _describe_template(template_source, jinja, vocab, tokenizer)
+    for note in vocab.notes:
+        print(f'      note: {note}', flush=True)
 
     progress.step(f'writing {args.out} ({args.outtype})')
     report = write_gguf(args.out, config, sources, vocab, chat_template=jinja,

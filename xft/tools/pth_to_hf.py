@@ -71,7 +71,7 @@ def convert(args):
     from xft.engine.checkpoint import read_checkpoint_state_dict
     from xft.engine.config import load_config
     from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
-                                  llm_state_dict, require_llm, save_config_beside)
+                                  llm_source, llm_state_dict, require_llm, save_config_beside)
     from xft.registry import build_nested
 
     progress = _Progress(STEPS)
@@ -106,8 +106,9 @@ def convert(args):
         wrote = save_tokenizer_with_chat_template(tokenizer, template, args.save_dir)
         if template is not None and not wrote:
             print('      (the prompt template defers to the tokenizer\'s own chat_template)')
-        if template is not None and not lora:
-            add_stop_tokens_to_generation_config(args.save_dir, template, tokenizer)
+        if template is not None:   # an adapter's starts from its base model's
+            add_stop_tokens_to_generation_config(
+                args.save_dir, template, tokenizer, base=llm_source(cfg).path if lora else None)
     save_config_beside(cfg, args.save_dir)
     kind = 'a PEFT adapter' if lora else 'a full model'
     print(f'saved {kind} to {args.save_dir} in {progress.elapsed():.1f} s', flush=True)
