@@ -26,7 +26,8 @@ from xft.utils import PROMPT_TEMPLATE
 
 pytest.importorskip('gguf')
 # Largest |logit difference| / largest |logit| between a q8_0 file and the unrounded model;
-# measured 0.011 on these tiny models (weights ~N(0, 0.02)).
+# measured 0.009-0.011 over three seeds of these tiny models (weights ~N(0, 0.02)), with 98-99%
+# of greedy next tokens unchanged.
 Q8_0_RELATIVE_BOUND = 0.03
 
 
