@@ -274,3 +274,19 @@ def test_help_and_the_thin_script(tmp_path, tiny_llama_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'wrote ' in result.stdout and (tmp_path / 'script.gguf').is_file()
     assert json.loads(json.dumps(gguf_fields(tmp_path / 'script.gguf')[0]['general.file_type'])) == 7
+
+
+def test_chat_asks_a_gguf_file(tmp_path, tiny_llama_dir, capsys):
+    """`xft chat OUT.gguf` reads the file back with transformers and answers like the folder."""
+    out = tmp_path / 'chat.gguf'
+    assert convert(tiny_llama_dir, out, '--outtype', 'bf16', '--prompt-template', 'chatml') == 0
+    answers = []
+    for model in (tiny_llama_dir, out):
+        capsys.readouterr()
+        assert cli_main(['chat', str(model), '--prompt-template', 'chatml', '--prompt', 'Speak.',
+                         '--temperature', '0', '--max-new-tokens', '8', '--no-streamer',
+                         '--torch-dtype', 'bfloat16']) == 0
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1] and answers[0].strip()
+    assert cli_main(['chat', str(tmp_path / 'missing.gguf'), '--prompt', 'x']) != 0
+    assert 'missing.gguf: GGUF file not found' in one_line_error(capsys)
