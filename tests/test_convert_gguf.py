@@ -7,7 +7,6 @@ Reference logits: the source model with its weights rounded exactly as the file 
 unrounded model is the measured quantization error (about 1% of the largest logit here).
 """
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -273,7 +272,7 @@ def test_help_and_the_thin_script(tmp_path, tiny_llama_dir):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'wrote ' in result.stdout and (tmp_path / 'script.gguf').is_file()
-    assert json.loads(json.dumps(gguf_fields(tmp_path / 'script.gguf')[0]['general.file_type'])) == 7
+    assert gguf_fields(tmp_path / 'script.gguf')[0]['general.file_type'] == 7   # MOSTLY_Q8_0
 
 
 def test_chat_asks_a_gguf_file(tmp_path, tiny_llama_dir, capsys):

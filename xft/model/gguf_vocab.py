@@ -224,7 +224,8 @@ def gguf_vocab(tokenizer, vocab_size, stop_ids=(), pre=None):
 
 def special_token_ids(tokenizer, stop_ids=()):
     """bos/eos/unk/pad ids of the tokenizer, and ``eot``: the first stop id that is not the EOS."""
-    ids = {name: getattr(tokenizer, f'{name}_token_id', None) for name in ('bos', 'eos', 'unk', 'pad')}
+    ids = {name: getattr(tokenizer, f'{name}_token_id', None)
+           for name in ('bos', 'eos', 'unk', 'pad')}
     ids = {name: index for name, index in ids.items() if index is not None}
     extra = [index for index in stop_ids if index != ids.get('eos')]
     if extra:

@@ -85,7 +85,8 @@ def _read_config(folder):
     try:
         return AutoConfig.from_pretrained(str(folder))
     except (OSError, ValueError) as error:
-        raise UserError(f'{folder}: cannot read config.json: {str(error).splitlines()[0]}') from None
+        raise UserError(f'{folder}: cannot read config.json: '
+                        f'{str(error).splitlines()[0]}') from None
 
 
 def tokenizer_folder(model, adapter=None):
