@@ -285,6 +285,7 @@ def save_tokenizer_and_config(cfg, save_dir, lora):
         wrote = save_tokenizer_with_chat_template(tokenizer, template, save_dir)
         if template is not None and not wrote:
             print('      (the prompt template defers to the tokenizer\'s own chat_template)')
-        if template is not None and not lora:
-            add_stop_tokens_to_generation_config(save_dir, template, tokenizer)
+        if template is not None:   # an adapter's starts from its base model's
+            add_stop_tokens_to_generation_config(
+                save_dir, template, tokenizer, base=llm_source(cfg).path if lora else None)
     save_config_beside(cfg, save_dir)
