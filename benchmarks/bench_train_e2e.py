@@ -169,7 +169,9 @@ def run_row(args, mode, seq_len, dropout, folder, env, emit, steps):
     total = args.warmup + measured_iters(args.iters, seq_len)
     cmd = [sys.executable, str(REPO / 'tools' / 'train.py'), str(config), '--work-dir', str(work_dir),
            '--cfg-options', 'train_cfg.max_epochs=None', f'train_cfg.max_iters={total}',
-           'default_hooks.logger.interval=1', f'default_hooks.checkpoint.interval={total + 1}',
+           # one logged row per iteration, each its own value (not a 10-iteration running mean)
+           'default_hooks.logger.interval=1', 'log_processor.window_size=1',
+           f'default_hooks.checkpoint.interval={total + 1}',
            'default_hooks.checkpoint.save_last=False', 'custom_hooks.1.max_new_tokens=2',
            *options, *args.extra_options]
     start = time.perf_counter()
