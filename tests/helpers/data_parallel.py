@@ -13,11 +13,15 @@ import traceback
 from pathlib import Path
 
 import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 
 from xft.dataset.collate_fns import default_collate_fn
 from xft.engine.token_weighting import TokenWeightedOptimWrapper, batch_trained_tokens, sum_over_ranks
 from xft.model.kernels.checkpoint import LayerCheckpointer
+from xft.model import SupervisedFinetune
 from xft.model.kernels.graphs import EagerReplay, GraphFamily, LayerGraphs
 from xft.utils.constants import IGNORE_INDEX
 
@@ -41,7 +45,6 @@ def build_model(model_dir, graphs: bool):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
-    from xft.model import SupervisedFinetune
     torch.manual_seed(0)
     model = SupervisedFinetune(
         llm=dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(model_dir),
@@ -128,3 +131,33 @@ def run_ranks(world_size: int, folder, body, *args, timeout: float = 240):
         details = '\n'.join(path.read_text() for path in errors)
         raise AssertionError(f'exit codes {[p.exitcode for p in processes]}\n{details}')
     return [torch.load(folder / f'rank{rank}.pt', weights_only=False) for rank in range(world_size)]
+
+
+
+class GraphsOnCpuFinetune(SupervisedFinetune):
+    """``SupervisedFinetune`` whose checkpointed layers replay graphs on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graph_family = force_cpu_graphs(self.llm)
+
+
+class GraphReplaysHook(Hook):
+    """Logs ``graph replays: N`` (rank 0's) when training ends."""
+
+    def after_train(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        print_log(f'graph replays: {model.graph_family.replays}', logger='current')
+
+
+def with_cpu_graphs(config_path, name: str = 'tiny_lora_graphs'):
+    """A copy of a tiny config (tests/configs/tiny_sft.py filled in) whose model replays its
+    layers as graphs on the CPU and logs the replays."""
+    config_path = Path(config_path)
+    text = config_path.read_text().replace('type=SupervisedFinetune,', 'type=GraphsOnCpuFinetune,')
+    assert 'type=GraphsOnCpuFinetune,' in text
+    text = ('from helpers.data_parallel import GraphReplaysHook, GraphsOnCpuFinetune\n' + text
+            + '\ncustom_hooks = [dict(type=GraphReplaysHook)]\n')
+    path = config_path.with_name(f'{name}.py')
+    path.write_text(text)
+    return path

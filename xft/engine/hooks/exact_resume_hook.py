@@ -20,6 +20,7 @@ from mmengine.dist import all_gather_object, all_reduce, get_rank, get_world_siz
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from xft.engine.data_parallel import refuse_other_world_size
 from xft.engine.resume_state import (capture_rng, message_hub_from_plain, pending_gradients,
@@ -30,6 +31,11 @@ STATE_KEY = 'xft_resume_state'
 
 def _bare_model(runner):
     return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
+def _resumed_file(runner) -> str:
+    """The checkpoint a resume loads: ``--resume PATH``'s, or the work dir's newest (``auto``)."""
+    return runner._load_from or find_latest_checkpoint(runner.work_dir) or 'the checkpoint'
 
 
 def _accumulation(runner):
@@ -81,7 +87,7 @@ class ExactResumeHook(Hook):
         self._pending = checkpoint.pop(STATE_KEY, None)
         if self._pending is not None and getattr(runner, '_resume', False):  # not for load_from
             saved = self._pending.get('world_size', len(self._pending['rng']))
-            refuse_other_world_size(saved, get_world_size(), self._resumed_from or 'the checkpoint')
+            refuse_other_world_size(saved, get_world_size(), _resumed_file(runner))
 
     def after_dataloader_advanced(self, runner) -> None:
         """Called by TrainLoop once the dataloader stands where the saved run stood."""
