@@ -1,0 +1,41 @@
+#!/bin/bash
+# On a machine with N >= 2 GPUs, one phase per call (each meant to fit a 10-minute call on 2
+# GPUs; the first call of a fresh machine also writes the random 7B model, about 1-2 min):
+#   ddp            QLoRA and LoRA under StepDataParallel, 2,048 and 8,192 tokens, 1 GPU vs N
+#   checks         equality (30 optimizer steps, N GPUs vs 1 GPU with N x accumulation) and the
+#                  resume of the N-GPU checkpoint on 1 GPU (refused in one line)
+#   zero2          LoRA under DeepSpeed ZeRO-2
+#   zero3          full fine-tuning under ZeRO-3
+#   zero3_offload  full fine-tuning under ZeRO-3 with optimizer and parameters on the CPU
+#   ddp_torch      QLoRA and LoRA under torch's DDP (graphs off): the before of `ddp`
+#   all            everything above but ddp_torch, in one call (needs a longer limit)
+#   smoke          the CPU smoke (gloo, tiny model, 2 processes) on this machine
+#   bash benchmarks/run_multi_gpu.sh OUT_DIR PHASE [bench_multi_gpu.py options...]
+# Results: OUT_DIR/multi_gpu_<date>.jsonl (appended by every call), .md (this call's table),
+# multi_gpu_logs.txt. Packages: the carried .whl/site.tar.xz (mmengine, datasets, bitsandbytes
+# as for run_on_device.sh); the ZeRO phases also need deepspeed==0.18.9 importable (it and
+# hjson, py-cpuinfo, msgpack, einops, ninja, pydantic>=2), else their rows say "skipped".
+# NVLink multicast stays off in every process (also set by bench_multi_gpu.py for each run).
+set -o pipefail
+out=$1; phase=${2:-ddp}; shift 2
+mkdir -p "$out"
+if [ -f .whl/site.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+bench() { python3 benchmarks/bench_multi_gpu.py --out "$out" "$@"; }
+echo "== $(date +%T) $phase"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
+python3 -c 'import deepspeed; print("deepspeed", deepspeed.__version__)' 2>/dev/null || echo "deepspeed: not importable"
+case $phase in
+  ddp|zero2|zero3|zero3_offload|ddp_torch) bench --phases speed --strategies "$phase" "$@" ;;
+  checks) bench --phases equality,resume "$@" ;;
+  all) bench "$@" ;;
+  smoke) bench --smoke "$@" ;;
+  *) echo "unknown phase $phase"; exit 2 ;;
+esac
+status=$?
+echo "== $(date +%T) done ($status)"
+exit $status
