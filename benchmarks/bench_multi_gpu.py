@@ -392,7 +392,7 @@ def main(argv=None):
     p.add_argument('--equality-steps', type=int, default=30)
     p.add_argument('--loss-tolerance', type=float, default=0.02, help='bf16: absolute, on losses near 10.4')
     p.add_argument('--weight-tolerance', type=float, default=0.02, help='bf16: relative to each tensor\'s largest value')
-    p.add_argument('--run-timeout-s', type=float, default=420)
+    p.add_argument('--run-timeout-s', type=float, default=300, help='per training run')
     p.add_argument('--work-root', default='/tmp/xft_multi_gpu_runs', help='the runs\' work dirs')
     p.add_argument('--dtype', default=None, help=argparse.SUPPRESS)
     p.add_argument('--smoke', action='store_true', help='CPU: gloo, a tiny model, 2 processes, 256-token rows')

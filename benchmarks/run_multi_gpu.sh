@@ -1,12 +1,15 @@
 #!/bin/bash
-# On a machine with N >= 2 GPUs, one phase per call (each meant to fit a 10-minute call on 2
-# GPUs; the first call of a fresh machine also writes the random 7B model, about 1-2 min):
+# On a machine with N >= 2 GPUs, one phase per call. Nothing here has run on GPUs yet: the
+# times are estimates (about 1-1.5 min per training run: start, 7B load, 32 iterations), and a
+# fresh machine first writes the random 7B model (about 1-2 min). Four runs per call fit a
+# 10-minute call; pass --seqs 2048 or --seqs 8192 to halve a phase:
 #   ddp            QLoRA and LoRA under StepDataParallel, 2,048 and 8,192 tokens, 1 GPU vs N
 #   checks         equality (30 optimizer steps, N GPUs vs 1 GPU with N x accumulation) and the
 #                  resume of the N-GPU checkpoint on 1 GPU (refused in one line)
 #   zero2          LoRA under DeepSpeed ZeRO-2
-#   zero3          full fine-tuning under ZeRO-3
+#   zero3          full fine-tuning under ZeRO-3 (1 GPU may run out of memory: its row says so)
 #   zero3_offload  full fine-tuning under ZeRO-3 with optimizer and parameters on the CPU
+#                  (both ZeRO-3 phases: 4 + 8 iterations in windows of 4, not 16 + 16 in 16)
 #   ddp_torch      QLoRA and LoRA under torch's DDP (graphs off): the before of `ddp`
 #   all            everything above but ddp_torch, in one call (needs a longer limit)
 #   smoke          the CPU smoke (gloo, tiny model, 2 processes) on this machine
@@ -30,7 +33,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
 python3 -c 'import deepspeed; print("deepspeed", deepspeed.__version__)' 2>/dev/null || echo "deepspeed: not importable"
 case $phase in
-  ddp|zero2|zero3|zero3_offload|ddp_torch) bench --phases speed --strategies "$phase" "$@" ;;
+  ddp|zero2|ddp_torch) bench --phases speed --strategies "$phase" "$@" ;;
+  zero3|zero3_offload) bench --phases speed --strategies "$phase" --warmup 4 --measured 8 --accumulation 4 "$@" ;;
   checks) bench --phases equality,resume "$@" ;;
   all) bench "$@" ;;
   smoke) bench --smoke "$@" ;;
