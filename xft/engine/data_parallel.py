@@ -21,8 +21,9 @@ fine-tuning included). What it does, against torch's DDP:
   all-reduce of a presence mask per step decides).
 
 Why not overlap the reduction with the backward: for LoRA r=64 on a 7B model the step's
-gradients are 160 M fp32 numbers (0.6 GiB), one all-reduce of a few milliseconds over
-NVLink, paid once per optimizer step (16 micro-batches of about 0.2 s in the zoo configs).
+gradients are 160 M fp32 numbers (0.6 GiB), at NVLink's bandwidth an all-reduce of a few
+milliseconds (an estimate), paid once per optimizer step (16 micro-batches of about 0.2 s in
+the zoo configs).
 Full fine-tuning, whose gradients are the model's size, belongs to ZeRO (``--deepspeed``).
 
 Memory: at most two buckets (``bucket_mb`` each) exist at a time, allocated after the
