@@ -359,18 +359,24 @@ def summarize(records, md_path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+_PROBE = ('import json, torch; n = torch.cuda.device_count(); '
+          'print(json.dumps([n, torch.cuda.get_device_name(0) if n else "cpu"]))')
+
+
 def context(args, out: Path) -> dict:
-    import torch
-    cuda = torch.cuda.is_available()
+    """The runs' environment and what this machine has (asked in child processes: the driver
+    keeps no CUDA context on GPU 0 while the runs use it)."""
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TOKENIZERS_PARALLELISM='false',
                PYTHONUNBUFFERED='1', PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])))
-    if not cuda:
+    count, gpu = json.loads(subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True,
+                                           check=True).stdout.strip().splitlines()[-1])
+    if not count:
         env.update(OMP_NUM_THREADS='1', DS_ACCELERATOR='cpu')
     probe = subprocess.run([sys.executable, '-c', 'import deepspeed'], env=env, capture_output=True, text=True)
     folder = out / 'multi_gpu_configs'  # the edited configs, to read back what ran
     folder.mkdir(exist_ok=True)
-    return dict(env=env, cuda=cuda, deepspeed=probe.returncode == 0, folder=folder, logs=out / 'multi_gpu_logs.txt',
-                gpu=torch.cuda.get_device_name(0) if cuda else 'cpu', day=datetime.date.today().isoformat())
+    return dict(env=env, cuda=count > 0, gpus=count, deepspeed=probe.returncode == 0, folder=folder,
+                logs=out / 'multi_gpu_logs.txt', gpu=gpu, day=datetime.date.today().isoformat())
 
 
 def main(argv=None):
@@ -415,10 +421,11 @@ def main(argv=None):
                                'train_dataloader.dataset.map_num_proc=1']
     ctx = context(args, out)
     if args.gpus is None:
-        import torch
-        args.gpus = torch.cuda.device_count()
+        args.gpus = ctx['gpus']
     if args.gpus < 2:
         p.error(f'--gpus {args.gpus}: the comparison needs at least 2 GPUs')
+    if ctx['cuda'] and args.gpus > ctx['gpus']:
+        p.error(f'--gpus {args.gpus}: this machine has {ctx["gpus"]}')
     if not args.smoke and not (Path(args.model_dir) / 'config.json').exists():
         subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'bench_one_gpu.py'), '--make-model', '--model-dir',
                         args.model_dir, '--max-positions', '8192'], check=True,
