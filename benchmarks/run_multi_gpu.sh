@@ -15,8 +15,8 @@
 #   smoke          the CPU smoke (gloo, tiny model, 2 processes) on this machine
 #   bash benchmarks/run_multi_gpu.sh OUT_DIR PHASE [bench_multi_gpu.py options...]
 # Results: OUT_DIR/multi_gpu_<date>.jsonl (appended by every call), .md (this call's table),
-# multi_gpu_logs.txt. Packages, carried in .whl (name it in the run's carry): site.tar.xz
-# (mmengine, datasets, bitsandbytes ..., as for run_on_device.sh) and, for the ZeRO phases, the
+# multi_gpu_logs.txt. Packages, carried (carry=['.whl/site.tar.xz', '.whl/multi_gpu']): the
+# site of run_on_device.sh (mmengine, datasets, bitsandbytes ...) and, for the ZeRO phases, the
 # wheels of benchmarks/pack_multi_gpu_wheels.sh (deepspeed 0.18.9, hjson, pydantic 2), installed
 # into /tmp/site here; without deepspeed the ZeRO rows say "skipped".
 # NVLink multicast stays off in every process (also set by bench_multi_gpu.py for each run).
@@ -26,9 +26,9 @@ mkdir -p "$out"
 if [ -f .whl/site.tar.xz ]; then
   mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site || exit 1
 fi
-if ls .whl/*.whl >/dev/null 2>&1; then  # benchmarks/pack_multi_gpu_wheels.sh's (deepspeed ...)
+if ls .whl/multi_gpu/*.whl >/dev/null 2>&1; then  # benchmarks/pack_multi_gpu_wheels.sh's (deepspeed ...)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || exit 1
+    .whl/multi_gpu/*.whl || exit 1
 fi
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
