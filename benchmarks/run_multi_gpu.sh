@@ -21,7 +21,7 @@
 # into /tmp/site here; without deepspeed the ZeRO rows say "skipped".
 # NVLink multicast stays off in every process (also set by bench_multi_gpu.py for each run).
 set -o pipefail
-out=$1; phase=${2:-ddp}; shift 2
+out=$1; phase=${2:-ddp}; shift; [ $# -gt 0 ] && shift
 mkdir -p "$out"
 if [ -f .whl/site.tar.xz ]; then
   mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site || exit 1
