@@ -1,22 +1,27 @@
-"""Several processes through mmengine: DDP on gloo (CPU) against one process, and the
-DeepSpeed/slurm wiring that needs no accelerator to check.
+"""Several processes through mmengine: data parallelism on gloo (CPU) against one process,
+and the DeepSpeed/slurm wiring that needs no accelerator to check.
 
 Two processes with one micro-batch each must train exactly like one process with two
-micro-batches per step: DDP averages the two gradients, accumulation averages them too,
-and the distributed sampler hands rank r the samples r, r+2, ... of the same shuffled order
-(one sample per micro-batch, so the groups are the same)."""
+micro-batches per step: the ranks' gradients are averaged (xft's StepDataParallel, the default
+for LoRA, or torch's DDP), accumulation averages them too, and the distributed sampler hands
+rank r the samples r, r+2, ... of the same shuffled order (one sample per micro-batch, so the
+groups are the same). Rows are packed (all of one length), so that the layers' graphs, forced
+onto the CPU, replay from the second micro-batch on."""
 import json
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers.data_parallel import with_cpu_graphs
 from helpers.paths import ALPACA_SUBSET
 from helpers.training import logged_losses, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs, use_deepspeed
+from xft.engine.deepspeed.strategy import WorldSizeCheckedDeepSpeedStrategy, saved_world_size
 from xft.engine.device import slurm_environment
 from xft.utils.errors import ConfigError, UserError
 
@@ -24,6 +29,9 @@ from xft.utils.errors import ConfigError, UserError
 COMMON = ('train_dataloader.batch_size=1', 'model.lora.lora_dropout=0.0', 'param_scheduler.0.start_factor=1.0',
           'train_dataloader.dataset.max_dataset_length=24', 'log_processor.window_size=1',
           'default_hooks.checkpoint.interval=100')
+# Packed rows all have one length: the layers' graphs (forced onto the CPU) replay from the
+# second micro-batch on. Unpacked rows of 24 lengths would keep them eager.
+PACKED = ('train_dataloader.dataset.pack_to_max_length=True', )
 
 
 def free_port() -> int:
@@ -34,25 +42,30 @@ def free_port() -> int:
 
 @pytest.fixture(scope='module')
 def one_process_run(tmp_path_factory, tiny_llama_dir):
-    """The one-process reference: 12 micro-batches of one sample, two per optimizer step
+    """The one-process reference: 12 micro-batches of one packed row, two per optimizer step
     (trained in this process; the distributed runs below are the ones that need processes)."""
     folder = tmp_path_factory.mktemp('distributed')
     config = write_tiny_config(folder, tiny_llama_dir, ALPACA_SUBSET)
     work_dir = folder / 'single'
-    train_in_process(config, '--work-dir', work_dir, '--cfg-options', *COMMON,
+    train_in_process(config, '--work-dir', work_dir, '--cfg-options', *COMMON, *PACKED,
                      'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
     return config, work_dir, logged_losses(work_dir)
 
 
-def train_two_processes(config, work_dir, *extra, processes=2):
-    """``NPROC_PER_NODE=2 xft train ...``: the CLI starts torchrun with ``--launcher pytorch``.
-    The same data and optimizer steps on any number of processes: 12 samples, 2 per step."""
+def run_processes(config, work_dir, *extra, options=(), processes=2, iterations=12):
+    """``NPROC_PER_NODE=N xft train ...``: the CLI starts torchrun with ``--launcher pytorch``.
+    The same data and optimizer steps on any number of processes: ``iterations`` samples of one
+    process, 2 per step."""
     env = train_env(NPROC_PER_NODE=str(processes), PORT=str(free_port()))
-    accumulation, iterations = 2 // processes, 12 // processes
-    result = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-                             *extra, '--cfg-options', *COMMON, f'optim_wrapper.accumulative_counts={accumulation}',
-                             f'train_cfg.max_iters={iterations}'], capture_output=True, text=True, env=env,
-                            timeout=300)
+    accumulation, iterations = 2 // processes, iterations // processes
+    return subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
+                           *extra, '--cfg-options', *COMMON, f'optim_wrapper.accumulative_counts={accumulation}',
+                           f'train_cfg.max_iters={iterations}', *options], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def train_two_processes(config, work_dir, *extra, options=(), processes=2):
+    result = run_processes(config, work_dir, *extra, options=options, processes=processes)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -64,23 +77,74 @@ def assert_matches_one_process(work_dir, single: dict, tolerance: float) -> None
     assert sorted(distributed) == list(range(1, 7))
     for step in range(1, 7):
         assert distributed[step] == pytest.approx(single[2 * step - 1], abs=tolerance), step
-    assert single[11] < single[1] - 0.01, 'the weights did not move: the comparison would prove nothing'
 
 
-def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(tmp_path, one_process_run):
-    config, single_dir, single = one_process_run
-    ddp_dir = tmp_path / 'ddp'
-    log = train_two_processes(config, ddp_dir)
-    assert 'gloo process group: rank 1 of 2' in log
-    # Rank 0 preprocesses the data into the work dir's cache; rank 1 waits and loads it.
-    assert (ddp_dir / 'processed_train_dataset').is_dir()
-    assert log.count('processed dataset saved to') == 1
-    assert_matches_one_process(ddp_dir, single, tolerance=2e-5)
+def assert_same_weights(single_dir, distributed_dir) -> None:
     one = load_checkpoint_file(single_dir / 'iter_12.pth')['state_dict']
-    two = load_checkpoint_file(ddp_dir / 'iter_6.pth')['state_dict']
+    two = load_checkpoint_file(distributed_dir / 'iter_6.pth')['state_dict']
     assert sorted(one) == sorted(two) and len(one) == 28
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=2e-6, rtol=1e-4, msg=name)
+    # The control: LoRA's B matrices start at zero and moved far beyond the tolerance.
+    assert min(one[name].abs().max().item() for name in one if 'lora_B' in name) > 1e-3
+
+
+@pytest.fixture(scope='module')
+def step_data_parallel_run(one_process_run):
+    """Two processes under xft train's default wrapper for LoRA, the layers replaying graphs."""
+    config, single_dir, _ = one_process_run
+    work_dir = single_dir.parent / 'step_data_parallel'
+    return work_dir, train_two_processes(with_cpu_graphs(config), work_dir, options=PACKED)
+
+
+def test_two_gloo_processes_train_like_one_process_with_twice_the_accumulation(step_data_parallel_run,
+                                                                               one_process_run):
+    _, single_dir, single = one_process_run
+    work_dir, log = step_data_parallel_run
+    assert 'gloo process group: rank 1 of 2' in log
+    assert 'StepDataParallel: 2 ranks; 28 trainable tensors' in log and 'CUDA graphs stay on' in log
+    # 6 micro-batches of 2 layers, forward and backward, the first one warming up.
+    assert 'graph replays: 20' in log and 'CUDA graphs are off' not in log
+    # Rank 0 preprocesses the data into the work dir's cache; rank 1 waits and loads it.
+    assert (work_dir / 'processed_train_dataset').is_dir()
+    assert log.count('processed dataset saved to') == 1
+    assert_matches_one_process(work_dir, single, tolerance=2e-5)
+    assert_same_weights(single_dir, work_dir)
+
+
+def test_torch_ddp_trains_like_one_process_and_keeps_the_eager_layers(tmp_path, one_process_run):
+    """A config may still name torch's DDP (mmengine's wrapper): same training, no graphs."""
+    config, single_dir, single = one_process_run
+    work_dir = tmp_path / 'ddp'
+    log = train_two_processes(with_cpu_graphs(config), work_dir,
+                              options=(*PACKED, 'model_wrapper_cfg.type=MMDistributedDataParallel'))
+    assert 'StepDataParallel: 2 ranks' not in log and 'graph replays: 0' in log
+    assert 'CUDA graphs are off: a process group exists' in log
+    assert_matches_one_process(work_dir, single, tolerance=2e-5)
+    assert_same_weights(single_dir, work_dir)
+
+
+def test_a_resume_with_another_process_count_is_refused_in_one_line(tmp_path, step_data_parallel_run,
+                                                                     one_process_run):
+    config, _, _ = one_process_run
+    saved_dir, _ = step_data_parallel_run
+    work_dir = tmp_path / 'resume'
+    work_dir.mkdir()
+    shutil.copy(saved_dir / 'iter_6.pth', work_dir / 'iter_6.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_6.pth'))
+    with pytest.raises(UserError) as refused:
+        train_in_process(config, '--work-dir', work_dir, '--resume', 'auto', '--cfg-options', *COMMON, *PACKED,
+                         'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
+    message = str(refused.value)
+    assert '\n' not in message
+    assert message.startswith(f'{work_dir / "iter_6.pth"}: saved by 2 processes, this run has 1; resuming with '
+                              'another process count is refused')
+    assert message.endswith(f'Resume with 2 processes, or start a new run from its weights with '
+                            f'--cfg-options load_from={work_dir / "iter_6.pth"}')
+    # Its weights still start a new run on one process.
+    run = train_in_process(config, '--work-dir', tmp_path / 'fresh', '--cfg-options', *COMMON, *PACKED,
+                           f'load_from={work_dir / "iter_6.pth"}', 'train_cfg.max_iters=1')
+    assert 'Load checkpoint from' in run.log
 
 
 def test_deepspeed_zero2_on_two_gloo_processes_trains_like_one_process(tmp_path, one_process_run):
@@ -93,9 +157,16 @@ def test_deepspeed_zero2_on_two_gloo_processes_trains_like_one_process(tmp_path,
     log = train_two_processes(config, zero_dir, '--deepspeed', 'deepspeed_zero2')
     assert ('DeepSpeed ZeRO-2 (deepspeed_zero2): micro batch 1, accumulation 1, clipping 1.0, '
             'fp16 False, bf16 False') in log
-    assert_matches_one_process(zero_dir, logged_losses(one_dir), tolerance=2e-5)
+    single = logged_losses(one_dir)
+    assert_matches_one_process(zero_dir, single, tolerance=2e-5)
+    assert single[11] < single[1] - 0.01, 'the weights did not move: the comparison would prove nothing'
     # A DeepSpeed checkpoint is a folder, published by rename like a file.
     assert (zero_dir / 'iter_6.pth').is_dir() and (zero_dir / 'last_checkpoint').read_text().endswith('iter_6.pth')
+    # It holds one optimizer partition per rank: a resume on one process is refused.
+    assert saved_world_size(zero_dir / 'iter_6.pth') == 2 and saved_world_size(one_dir / 'iter_12.pth') == 1
+    strategy = WorldSizeCheckedDeepSpeedStrategy(config=read_deepspeed_config('deepspeed_zero2'))
+    with pytest.raises(UserError, match='iter_6.pth: saved by 2 processes, this run has 1; resuming'):
+        strategy.resume(str(zero_dir / 'iter_6.pth'))
 
 
 def test_deepspeed_auto_fields_come_from_the_xft_config():
@@ -141,6 +212,7 @@ def test_deepspeed_needs_a_launcher():
     cfg.launcher = 'pytorch'
     use_deepspeed(cfg, 'deepspeed_zero3')
     assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.config['zero_optimization']['stage'] == 3
+    assert cfg.strategy.type == 'WorldSizeCheckedDeepSpeedStrategy'
     assert cfg.optim_wrapper == dict(type='NoGradStepDeepSpeedOptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
 
 

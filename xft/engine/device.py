@@ -109,24 +109,63 @@ def setup_distributed(cfg) -> None:
 
     On CUDA mmengine sets the process group up itself (``--launcher slurm`` gets the
     ``env://`` variables from SLURM's). A CPU build of torch needs more: mmengine's own setup
-    calls a CUDA function, so we start a gloo group ourselves and wrap the model without
-    device ids (the same code path CI tests with two processes).
+    calls a CUDA function, so we start a gloo group ourselves (the same code path CI tests
+    with two processes). The model wrapper is chosen by :func:`choose_model_wrapper`.
     """
     launcher = cfg.get('launcher', 'none')
     if launcher == 'none':
         return
     if launcher == 'slurm':
         os.environ.update(slurm_environment())
+    choose_model_wrapper(cfg)
     if torch.cuda.is_available():
         return
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', init_method='env://')
-    if cfg.get('runner_type') != 'FlexibleRunner':
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
-                                     broadcast_buffers=False,
-                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
     print_log(f'gloo process group: rank {dist.get_rank()} of {dist.get_world_size()} '
               f'(local rank {os.environ.get("LOCAL_RANK", "0")})', logger='current')
+
+
+def trains_adapters(cfg) -> bool:
+    """True when the config's model trains LoRA adapters (LoRA or QLoRA), not every weight."""
+    model = cfg.get('model') or {}
+    return isinstance(model, dict) and (model.get('lora') is not None or model.get('peft_model') is not None)
+
+
+def choose_model_wrapper(cfg) -> None:
+    """The data-parallel wrapper of a Runner run (DeepSpeed's FlexibleRunner has its own).
+
+    A ``model_wrapper_cfg`` the config sets is kept. Otherwise LoRA and QLoRA get
+    ``StepDataParallel`` (``xft.engine.data_parallel``: one reduction per optimizer step, CUDA
+    graphs stay on) and full fine-tuning mmengine's ``MMDistributedDataParallel`` (torch's
+    DDP, whose reducer overlaps the reduction of a model-sized gradient with the backward).
+    Without CUDA, torch's DDP gets no device ids.
+
+    >>> from mmengine.config import Config
+    >>> cfg = Config(dict(model=dict(lora=dict(r=8))))
+    >>> choose_model_wrapper(cfg); cfg.model_wrapper_cfg['type']
+    'StepDataParallel'
+    """
+    if cfg.get('runner_type') == 'FlexibleRunner':
+        return
+    from xft.engine import data_parallel  # noqa: F401  (registers StepDataParallel)
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        wrapper = (dict(type='StepDataParallel') if trains_adapters(cfg) else
+                   dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                        find_unused_parameters=cfg.get('find_unused_parameters', False)))
+    wrapper = dict(wrapper)
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    if not torch.cuda.is_available() and _is_torch_ddp(wrapper['type']):
+        wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
+
+
+def _is_torch_ddp(wrapper_type) -> bool:
+    from mmengine.registry import MODEL_WRAPPERS
+    from torch.nn.parallel import DistributedDataParallel
+    kind = MODEL_WRAPPERS.get(wrapper_type) if isinstance(wrapper_type, str) else wrapper_type
+    return isinstance(kind, type) and issubclass(kind, DistributedDataParallel)
 
 
 def share_preprocessing(cfg) -> None:

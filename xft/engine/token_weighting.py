@@ -10,9 +10,9 @@ Here the step's trained tokens are counted before its first backward: ``StepWind
 the micro-batches of an accumulation window when the first of them is asked for, counts
 their trained tokens (labels other than IGNORE_INDEX, after the shift) and sums the count
 over the ranks. ``TokenWeightedOptimWrapper`` then back-propagates each micro-batch's mean
-times ``n_micro_batch * ranks / n_step``: with DDP's (or ZeRO's) 1/ranks average and no
-1/accumulative_counts, the step's gradient is the sum of all its token losses over
-``n_step``. The logged loss is unchanged: each micro-batch's own per-token mean.
+times ``n_micro_batch * ranks / n_step``: with the ranks' gradients averaged (1/ranks: torch's
+DDP, xft's ``StepDataParallel`` and ZeRO all average) and no 1/accumulative_counts, the step's
+gradient is the sum of all its token losses over ``n_step``. The logged loss is unchanged: each micro-batch's own per-token mean.
 
 Packing, padding and ``-100`` labels need nothing special (only labels are counted), a last
 window shorter than ``accumulative_counts`` counts its own micro-batches, and the model's
@@ -143,7 +143,8 @@ class TokenWeightedOptimWrapper:
         return getattr(self._wrapper, name)
 
     def set_micro_batch(self, n_tokens: int, step_tokens: int) -> None:
-        # Gradients averaged over `ranks` by DDP/ZeRO: scaling by `ranks` turns that into a sum.
+        # Gradients averaged over `ranks` (DDP, StepDataParallel, ZeRO): scaling by `ranks`
+        # turns that into a sum.
         self._weight = n_tokens * self._ranks / max(step_tokens, 1)
 
     def update_params(self, loss, step_kwargs=None, zero_kwargs=None) -> None:

@@ -59,8 +59,8 @@ class SupervisedFinetune(BaseModel):
             chunked loss that never forms the full fp32 logits (``xft.model.fast_path``).
             The loss and gradients equal the plain path's to float tolerance.
         cuda_graphs: with the fast path on a GPU, replay each checkpointed layer's passes as
-            CUDA graphs where that is exact (no foreign dropout, one process, rows of at most 4,096
-            tokens, where kernel launches rather than arithmetic bound the step);
+            CUDA graphs where that is exact (no foreign dropout, one process or StepDataParallel,
+            rows of at most 4,096 tokens, where kernel launches rather than arithmetic bound the step);
             ``xft.model.kernels.graphs`` says when they stay off.
         peft_model: a PEFT LoRA adapter folder to continue training from; ``lora`` must
             describe it (``xft.model.adapter_start``).

@@ -108,7 +108,8 @@ def use_deepspeed(cfg, name_or_path: str) -> None:
     if not torch.cuda.is_available():
         use_plain_gloo_collectives()
     cfg.runner_type = 'FlexibleRunner'
-    cfg.strategy = dict(type='DeepSpeedStrategy', config=ds_config,
+    from .strategy import WorldSizeCheckedDeepSpeedStrategy  # noqa: F401  (registers it)
+    cfg.strategy = dict(type='WorldSizeCheckedDeepSpeedStrategy', config=ds_config,
                         # LoRA/QLoRA checkpoints hold the trainable weights only, as without DeepSpeed.
                         exclude_frozen_parameters=True)
     from .optim_wrapper import NoGradStepDeepSpeedOptimWrapper  # noqa: F401  (registers it)

@@ -9,7 +9,9 @@ it leaves out, and says in the log what was resumed from where:
   ``accumulative_counts=4`` holds the gradients of iterations 9 and 10). Under DDP each rank
   holds its own partial sum; they are averaged across ranks before saving, which gives the
   same update because DDP averages the window's total at its end anyway;
-- the message hub in plain types, so the checkpoint loads without unpickling objects.
+- the message hub in plain types, so the checkpoint loads without unpickling objects;
+- the number of processes: a resume with another count is refused in one line
+  (``xft.engine.data_parallel.refuse_other_world_size`` says why).
 
 ``xft train`` registers it on every run. It relies on ``SafeCheckpointHook`` (which calls
 ``before_save_checkpoint_all_ranks``) and on ``TrainLoop`` (``after_dataloader_advanced``).
@@ -18,7 +20,9 @@ from mmengine.dist import all_gather_object, all_reduce, get_rank, get_world_siz
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from xft.engine.data_parallel import refuse_other_world_size
 from xft.engine.resume_state import (capture_rng, message_hub_from_plain, pending_gradients,
                                      plain_message_hub, restore_gradients, restore_rng)
 
@@ -27,6 +31,11 @@ STATE_KEY = 'xft_resume_state'
 
 def _bare_model(runner):
     return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
+def _resumed_file(runner) -> str:
+    """The checkpoint a resume loads: ``--resume PATH``'s, or the work dir's newest (``auto``)."""
+    return runner._load_from or find_latest_checkpoint(runner.work_dir) or 'the checkpoint'
 
 
 def _accumulation(runner):
@@ -61,7 +70,8 @@ class ExactResumeHook(Hook):
                     if param.requires_grad and param.grad is not None:
                         all_reduce(param.grad, op='mean')
             gradients = pending_gradients(model)
-        self._gathered = {'rng': rng_states, 'window_position': accumulation[0] if accumulation else 0,
+        self._gathered = {'rng': rng_states, 'world_size': get_world_size(),
+                          'window_position': accumulation[0] if accumulation else 0,
                           'window_size': accumulation[1] if accumulation else 1, 'gradients': gradients}
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -75,6 +85,9 @@ class ExactResumeHook(Hook):
             checkpoint['message_hub'] = message_hub_from_plain(checkpoint['message_hub'])
             self._resumed_from = checkpoint['message_hub'].get('runtime_info', {}).get('last_ckpt')
         self._pending = checkpoint.pop(STATE_KEY, None)
+        if self._pending is not None and getattr(runner, '_resume', False):  # not for load_from
+            saved = self._pending.get('world_size', len(self._pending['rng']))
+            refuse_other_world_size(saved, get_world_size(), _resumed_file(runner))
 
     def after_dataloader_advanced(self, runner) -> None:
         """Called by TrainLoop once the dataloader stands where the saved run stood."""

@@ -24,8 +24,15 @@ The eager `LayerCheckpointer` runs instead, with identical numerics, when:
   recomputation must replay the forward's masks, which a graph can't do. The fused LoRA
   layers' adapter dropout does not count: its masks are a function of a seed tensor that
   the graphs read and that advances outside them (`xft.model.kernels.dropout`);
-- a process group exists (DDP's reducer and DeepSpeed, even on one process, hook autograd's
-  own gradient accumulation, which the graph bypasses);
+- a process group exists and no data-parallel wrapper has taken over the gradient reduction
+  (`GraphFamily.grads_reduced_after_backward`, set by `xft.engine.data_parallel`'s
+  `StepDataParallel`, which all-reduces every trainable `.grad` once the step's last backward
+  has finished, buffers included). DDP's reducer and DeepSpeed (even on one process) instead
+  hook autograd's per-parameter gradient accumulation, which a replayed graph bypasses: under
+  them the graphs would train each rank on its own gradients. DeepSpeed ZeRO-2 reduce-scatters
+  each gradient from that hook and frees it, and its end-of-backward epilogue only flushes
+  what the hooks bucketed (`stage_1_and_2.py` of DeepSpeed 0.18): a gradient written into
+  `.grad` by a graph never reaches its partition, so ZeRO keeps the eager path (logged once);
 - a keyword argument is neither a tensor, a tuple of tensors nor a plain constant; more than
   `max_signatures` signatures were seen (unpacked rows of varying length: only the first
   lengths that recur get graphs; packed rows all have `max_length` tokens); or a capture
@@ -110,6 +117,15 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# Logged once per family when a process group keeps the graphs off.
+PROCESS_GROUP_FALLBACK = (
+    'CUDA graphs are off: a process group exists and no wrapper reduces the gradients that '
+    'the graphs write into .grad (DDP\'s reducer and DeepSpeed ZeRO reduce from autograd\'s '
+    'per-parameter hooks, which a replayed graph bypasses; ZeRO-2 reduce-scatters and frees '
+    'each gradient inside that hook). xft train\'s default wrapper for LoRA/QLoRA, '
+    'StepDataParallel, keeps them: see docs/distributed_and_faults.md')
+
+
 class CudaGraph:
     """One recorded call of `body()` on CUDA: `capture(body)` then `replay()`.
 
@@ -183,6 +199,11 @@ class GraphFamily:
         self.failed: set = set()
         self.replays = 0
         self.told_dropout = False
+        # Set by a data-parallel wrapper that all-reduces every trainable .grad (the buffers
+        # the graphs add into among them) after the backward: graphs may then run under a
+        # process group (xft.engine.data_parallel.StepDataParallel).
+        self.grads_reduced_after_backward = False
+        self.told_process_group = False
         self.members: List['LayerGraphs'] = []
         self._pool = None
         self._stream = None
@@ -212,6 +233,16 @@ class GraphFamily:
         if sig is None and len(self.signatures) < self.max_signatures:
             sig = self.signatures[key] = _Signature(hidden, kw_tensors)
         return sig
+
+
+def graph_families(model: nn.Module) -> List[GraphFamily]:
+    """The `GraphFamily` of every layer of `model` whose checkpointing replays graphs."""
+    found: List[GraphFamily] = []
+    for module in model.modules():
+        family = getattr(getattr(module, '_gradient_checkpointing_func', None), 'family', None)
+        if isinstance(family, GraphFamily) and all(family is not f for f in found):
+            found.append(family)
+    return found
 
 
 class LayerGraphs:
@@ -246,7 +277,12 @@ class LayerGraphs:
         n_tokens = hidden.numel() // hidden.shape[-1]
         if not (self.family.force or hidden.is_cuda) or n_tokens > self.family.max_tokens:
             return None
-        if not torch.is_grad_enabled() or distributed():
+        if not torch.is_grad_enabled():
+            return None
+        if distributed() and not self.family.grads_reduced_after_backward:
+            if not self.family.told_process_group:
+                self.family.told_process_group = True
+                logger.warning(PROCESS_GROUP_FALLBACK)
             return None
         flat = flatten_kwargs(fn.keywords)
         if flat is None:
