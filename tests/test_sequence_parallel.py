@@ -215,6 +215,34 @@ def test_xft_train_with_sequence_parallel_size_2_trains_like_one_process(tmp_pat
     assert_same_training(split, single, tolerance=1e-5)
 
 
+def test_four_processes_in_two_groups_of_two_train_like_one_process_with_twice_the_accumulation(tmp_path,
+                                                                                                tiny_config):
+    """World 4, sequence-parallel size 2: two data-parallel groups, each step one row per group.
+    One process with two micro-batches of one row per step trains the same rows (the sampler's
+    shared order), so rank 0 logs the one-process run's odd iterations, and the weights agree."""
+    options = [option for option in OPTIONS if not option.startswith(('train_cfg', 'optim_wrapper'))]
+    # One row per micro-batch; the warm-up counts iterations, which differ between the two runs.
+    options += ['train_dataloader.batch_size=1', 'param_scheduler.0.start_factor=1.0']
+    single = tmp_path / 'single'
+    train_in_process(tiny_config, '--work-dir', single, '--cfg-options', *options, 'train_cfg.max_iters=12',
+                     'optim_wrapper.accumulative_counts=2')
+    split = tmp_path / 'world4_sp2'
+    result = train_two_processes(tiny_config, split, '--cfg-options', 'sequence_parallel_size=2', *options,
+                                 'train_cfg.max_iters=6', 'optim_wrapper.accumulative_counts=1', processes=4)
+    assert 'sequence parallel: 4 processes in 2 group(s) of 2' in result.stdout + result.stderr
+    losses, reference = logged_losses(split), logged_losses(single)
+    assert sorted(losses) == list(range(1, 7))
+    for step in losses:
+        assert losses[step] == pytest.approx(reference[2 * step - 1], abs=1e-5), step
+    one = load_checkpoint_file(single / 'iter_12.pth')['state_dict']
+    four = load_checkpoint_file(split / 'iter_6.pth')['state_dict']
+    assert sorted(one) == sorted(four)
+    # Four processes sum in another order than one; AdamW divides by the root of the squared
+    # gradients, so a coordinate whose gradient is near zero moves by up to ~6e-6 differently.
+    for name in one:
+        torch.testing.assert_close(four[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_sequence_parallel_under_deepspeed_zero2_trains_like_zero2_on_one_process(tmp_path, tiny_config):
     # ZeRO-2 on one process is the reference: FlexibleRunner draws LoRA's initial weights at
     # another point of the random stream than Runner (docs/distributed_and_faults.md).
