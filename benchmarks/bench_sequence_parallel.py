@@ -13,9 +13,12 @@ tokens per group (batch 1).
     # two GPUs, one row split in two: 32k, then single steps at growing lengths
     torchrun --nproc_per_node=2 benchmarks/bench_sequence_parallel.py --model-dir M --out OUT \
         --sp 2 --seqs 32768 --longest 262144,393216,524288
+    # parity first: a split row against the whole row on a small model (packed rows run the
+    # varlen kernel inside the all-to-all on CUDA, which the CPU tests cannot reach)
+    torchrun --nproc_per_node=2 benchmarks/bench_sequence_parallel.py --check --sp 2 --out OUT
     # the table
     python benchmarks/bench_sequence_parallel.py --summarize OUT
-    # CPU smoke (two gloo processes, a tiny random Llama, a few seconds of steps)
+    # CPU smoke (two gloo processes, a tiny random Llama: steps, the ladder and the check)
     python benchmarks/bench_sequence_parallel.py --smoke --out /tmp/sp_smoke
 
 `benchmarks/run_sequence_parallel.sh` runs all of it on a GPU machine. Each record is one JSON
@@ -50,7 +53,7 @@ GROWTH_EXPONENT = 1.8
 class Group:
     """This process's place: rank, world, local device, and the sequence-parallel size."""
 
-    def __init__(self, sp: int, backend: str):
+    def __init__(self, sp: int, backend: str, defer_groups: bool = False):
         import torch
         import torch.distributed as dist
         self.world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -63,10 +66,10 @@ class Group:
         self.device = torch.device('cuda', self.local_rank) if self.cuda else torch.device('cpu')
         if self.world > 1:
             dist.init_process_group(backend, timeout=datetime.timedelta(minutes=20))
-        if sp > 1:
+        if sp > 1 and not defer_groups:
             from xft.parallel.sequence import init_sequence_parallel
             init_sequence_parallel(sp)
-        elif self.world > 1:
+        elif self.world > 1 and sp == 1:
             raise SystemExit('several processes without --sp: this benchmark measures sequence parallelism')
 
     def max_over_ranks(self, value: float) -> float:
@@ -231,7 +234,8 @@ def longest(step, group: Group, lengths, cap_s, vocab, last_len, last_step_s, em
 
 def worker(args) -> None:
     import torch
-    group = Group(args.sp, 'nccl' if torch.cuda.is_available() and not args.cpu else 'gloo')
+    group = Group(args.sp, 'nccl' if torch.cuda.is_available() and not args.cpu else 'gloo',
+                  defer_groups=args.check)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / args.jsonl_name
@@ -248,6 +252,12 @@ def worker(args) -> None:
             f.write(json.dumps(record) + '\n')
         print(json.dumps(record), flush=True)
 
+    if args.check:
+        passed = check(args, group, emit)
+        group.barrier()
+        if not passed:
+            raise SystemExit('sequence-parallel check FAILED (see the check records)')
+        return
     start = time.perf_counter()
     step = build_step(args.model_dir, group, args.offload_host_gib)
     vocab = step.model.llm.get_input_embeddings().weight.shape[0]
@@ -266,6 +276,115 @@ def worker(args) -> None:
         last_len, last_s = (seqs[-1], result['step_s']) if result else (lengths[0], 0.0)
         longest(step, group, lengths, args.longest_cap_s, vocab, last_len, last_s, emit)
     group.barrier()
+
+
+# ----------------------------------------------------------------------------------------
+# the parity check: the split row against the whole row, on the GPUs' own kernels
+# ----------------------------------------------------------------------------------------
+CHECK_SHAPE = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                   num_attention_heads=8, num_key_value_heads=4)
+
+
+def check_batches(device):
+    """A packed row of 4,099 tokens in 7 samples (odd: padded to split), two unpacked rows of
+    3,001 and 1,500 tokens (padded batch), each with untrained prompt tokens."""
+    import torch
+
+    from xft.dataset.collate_fns import default_collate_fn
+    from xft.utils.constants import IGNORE_INDEX
+    generator = torch.Generator().manual_seed(11)
+
+    def tokens(n):
+        return torch.randint(4, CHECK_SHAPE['vocab_size'], (n,), generator=generator).tolist()
+
+    def labels(ids, prompt):
+        return [IGNORE_INDEX] * prompt + ids[prompt:]
+
+    bounds = [0, 300, 1100, 1700, 2500, 3100, 3600, 4099]
+    packed_ids = tokens(bounds[-1])
+    packed_labels = sum((labels(packed_ids[s:e], 20) for s, e in zip(bounds, bounds[1:])), [])
+    a, b = tokens(3001), tokens(1500)
+    batches = {'packed': [{'input_ids': packed_ids, 'labels': packed_labels, 'cumulative_len': bounds}],
+               'unpacked': [{'input_ids': a, 'labels': labels(a, 100)}, {'input_ids': b, 'labels': labels(b, 40)}]}
+    out = {}
+    for name, rows in batches.items():
+        data = default_collate_fn(rows)['data']
+        out[name] = {k: v.to(device) if hasattr(v, 'to') and not isinstance(v, list) else v for k, v in data.items()}
+    return out
+
+
+def check_model(model_dir, group: Group, dtype):
+    """LoRA (r=8, weights drawn from a fixed seed) on the check model, on this rank's device."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from xft.model import SupervisedFinetune
+    llm = dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(model_dir),
+               dtype=dtype, attn_implementation='sdpa')
+    model = SupervisedFinetune(llm=llm, lora=dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0,
+                                                  task_type='CAUSAL_LM'), cuda_graphs=False)
+    generator = torch.Generator().manual_seed(1)
+    for _, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            param.data.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    model.to(group.device)
+    model.train()
+    return model
+
+
+def loss_and_grads(model, data):
+    model.zero_grad(set_to_none=True)
+    loss = model(data, mode='loss')['loss']
+    loss.backward()
+    return float(loss.detach()), {k: p.grad.detach().float().clone() for k, p in model.named_parameters()
+                                  if p.requires_grad}
+
+
+def check(args, group: Group, emit) -> bool:
+    """Loss and gradients of each check batch with the row split over the group, against the
+    same model without sequence parallelism on the whole row (built on every rank first, before
+    the groups exist). Gradients: the ranks' average, as DDP makes it; compared by the relative
+    error of each tensor. Returns whether every batch is within tolerance."""
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from xft.parallel.sequence import get_sequence_parallel_group, init_sequence_parallel
+    dtype = torch.bfloat16 if group.cuda else torch.float32
+    # One machine: rank 0 saves (transformers saves from the main process only), the others wait.
+    model_dir = Path(tempfile.gettempdir()) / 'sp_check_model'
+    if group.rank == 0:
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(**CHECK_SHAPE)).save_pretrained(model_dir)
+    group.barrier()
+    batches = check_batches(group.device)
+    whole = check_model(model_dir, group, dtype)
+    attention = whole.attention_implementation
+    reference = {name: loss_and_grads(whole, data) for name, data in batches.items()}
+    del whole
+    init_sequence_parallel(group.sp)
+    split = check_model(model_dir, group, dtype)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    passed = True
+    for name, data in batches.items():
+        loss, grads = loss_and_grads(split, data)
+        for grad in grads.values():
+            dist.all_reduce(grad, group=get_sequence_parallel_group())
+            grad /= group.sp
+        ref_loss, ref_grads = reference[name]
+        errors = {k: float((grads[k] - g).norm() / g.norm().clamp(min=1e-12)) for k, g in ref_grads.items()}
+        worst = max(errors, key=errors.get)
+        loss_error = abs(loss - ref_loss) / abs(ref_loss)
+        ok = loss_error < tolerance and errors[worst] < tolerance
+        passed &= ok
+        emit(dict(setting='check', batch=name, attention=attention, dtype=str(dtype), status='ok' if ok else 'FAILED',
+                  loss=round(loss, 5), reference_loss=round(ref_loss, 5), loss_rel_error=loss_error,
+                  worst_grad_rel_error=errors[worst], worst_grad=worst, tolerance=tolerance,
+                  seq_len=int(data['input_ids'].shape[1])))
+    return passed
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,6 +419,11 @@ def smoke(args) -> int:
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     mp.spawn(_smoke_rank, args=(2, port, common + ['--sp', '2', '--longest', '512,1024']), nprocs=2, join=True)
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_smoke_rank, args=(2, port, ['--check', '--sp', '2', '--cpu', '--out', str(out), '--jsonl-name',
+                                          args.jsonl_name]), nprocs=2, join=True)
     print(summarize(out / args.jsonl_name, out / args.jsonl_name.replace('.jsonl', '.md')))
     return 0
 
@@ -309,7 +433,8 @@ def smoke(args) -> int:
 # ----------------------------------------------------------------------------------------
 def summarize(jsonl: Path, md_path: Path) -> str:
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    rows = [r for r in records if r.get('setting') != 'load']
+    checks = [r for r in records if r.get('setting') == 'check']
+    rows = [r for r in records if r.get('setting') not in ('load', 'check')]
     # A `started` long step is reported only when nothing else was recorded for it.
     finished = {(r['world_size'], r['sequence_parallel_size'], r['seq_len']) for r in rows
                 if r.get('status') != 'started'}
@@ -338,6 +463,14 @@ def summarize(jsonl: Path, md_path: Path) -> str:
     text = (f'Sequence parallelism, QLoRA NF4, LoRA r=64 on all projections, batch 1, one row per step per group '
             f'(tokens/s: all GPUs together); model: {"; ".join(models)}; devices: {", ".join(gpus)}\n\n'
             + '\n'.join(lines) + '\n')
+    if checks:
+        text += ('\nParity of the split row with the whole row (loss and the worst gradient tensor, relative '
+                 'errors; gradients averaged over the group):\n\n'
+                 '| GPUs | sp | batch | tokens | attention | dtype | status | loss error | worst grad error |\n'
+                 '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n')
+        text += ''.join(f'| {r["world_size"]} | {r["sequence_parallel_size"]} | {r["batch"]} | {r["seq_len"]} | '
+                        f'{r["attention"]} | {r["dtype"]} | {r["status"]} | {r["loss_rel_error"]:.2e} | '
+                        f'{r["worst_grad_rel_error"]:.2e} |\n' for r in checks)
     md_path.write_text(text)
     return text
 
@@ -359,6 +492,8 @@ def parse_args(argv=None):
     parser.add_argument('--jsonl-name', default=f'sequence_parallel_{datetime.date.today()}.jsonl')
     parser.add_argument('--cpu', action='store_true', help='gloo on the CPU even where CUDA is present')
     parser.add_argument('--smoke', action='store_true', help='the CPU smoke run (see the module docstring)')
+    parser.add_argument('--check', action='store_true',
+                        help='parity of the split row with the whole row on a small model (needs --sp N > 1)')
     parser.add_argument('--summarize', metavar='OUT', help='write the markdown table of OUT/<jsonl-name>')
     return parser.parse_args(argv)
 
@@ -371,8 +506,8 @@ def main(argv=None) -> int:
         return 0
     if args.smoke:
         return smoke(args)
-    if not args.model_dir:
-        raise SystemExit('--model-dir is required (or --smoke)')
+    if not args.model_dir and not args.check:
+        raise SystemExit('--model-dir is required (or --smoke, --check)')
     worker(args)
     return 0
 
