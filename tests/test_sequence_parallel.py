@@ -100,6 +100,20 @@ def test_two_groups_of_two_draw_disjoint_rows(monkeypatch):
     assert sorted(drawn[0] + drawn[2]) == list(range(10))
 
 
+def test_ranks_of_a_group_handed_different_rows_stop_in_one_line(group):
+    assert [results['different_rows'] for results in group] == [
+        'sequence parallelism: the 2 ranks of a group got different rows; train_dataloader.sampler must give '
+        'them the same rows (SequenceParallelSampler)'] * 2
+
+
+def test_rows_padded_on_the_left_are_refused():
+    from xft.model.sequence_parallel import _check_right_padded
+    from xft.utils.errors import DataError
+    _check_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    with pytest.raises(DataError, match='rows must be padded on the right'):
+        _check_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))
+
+
 def test_all_to_all_swaps_tokens_for_heads_and_back_in_backward(group):
     for results in group:
         assert results['all_to_all'] == (0.0, 0.0)

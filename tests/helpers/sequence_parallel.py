@@ -140,6 +140,18 @@ def all_to_all_errors(rank, world, group):
             float((x.grad - expected_grad).abs().max()))
 
 
+def different_rows_refusal(rank, case):
+    """The message each rank gets when the ranks of the group are handed different rows."""
+    from xft.utils.errors import DataError
+    model = build_model(*case)
+    data = batches()['packed' if rank == 0 else 'skewed']
+    try:
+        model(data, mode='loss')
+    except DataError as error:
+        return str(error)
+    return None
+
+
 def group_worker(rank, world, port, out_dir, cases):
     import torch.distributed as dist
 
@@ -162,6 +174,7 @@ def group_worker(rank, world, port, out_dir, cases):
             'sampler': list(sequence.SequenceParallelSampler(list(range(10)), shuffle=True, seed=3)),
             'all_to_all': all_to_all_errors(rank, world, group),
             'cases': {case: case_results(*case, reduce_grads=average) for case in cases},
+            'different_rows': different_rows_refusal(rank, cases[0]),
         }
         torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:

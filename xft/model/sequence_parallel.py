@@ -32,10 +32,9 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from xft.parallel.sequence import (get_sequence_parallel_group, get_sequence_parallel_world_size,
+from xft.parallel.sequence import (all_to_all, get_sequence_parallel_group, get_sequence_parallel_world_size,
                                    pad_cumulative_len_for_sequence_parallel, pad_for_sequence_parallel,
                                    padded_length, reduce_sequence_parallel_loss, split_for_sequence_parallel)
-from xft.parallel.sequence.comm import all_to_all
 from xft.utils.constants import IGNORE_INDEX
 from xft.utils.errors import ConfigError, DataError
 
@@ -151,7 +150,7 @@ class SequenceParallel:
                 f'all-to-alls over heads around {self.attention}; CUDA graphs off')
 
     def split_batch(self, data: dict, dtype: torch.dtype):
-        """(forward kwargs for this rank's piece, its shifted labels, the row's trained tokens)."""
+        """(forward kwargs for this rank's piece of ``data``'s rows, the piece's shifted labels)."""
         input_ids, labels = data['input_ids'], data['labels']
         self._check_same_rows(input_ids, labels)
         batch, length = input_ids.shape
@@ -170,10 +169,13 @@ class SequenceParallel:
         if cumulative is not None:
             whole_row = {'input_ids': ids, 'cumulative_len': pad_cumulative_len_for_sequence_parallel(cumulative, width)}
             kwargs.update(packed_attention_kwargs(whole_row, self.attention, dtype=dtype))
-        piece = lambda tensor: split_for_sequence_parallel(tensor, 1, self.group)  # noqa: E731
-        kwargs.update(input_ids=piece(ids), position_ids=piece(positions))
+        kwargs.update(input_ids=self._piece(ids), position_ids=self._piece(positions))
         kwargs[GROUP_KWARG] = self.group
-        return kwargs, piece(targets)
+        return kwargs, self._piece(targets)
+
+    def _piece(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's piece of (batch, tokens) ``tensor``."""
+        return split_for_sequence_parallel(tensor, 1, self.group)
 
     def loss(self, llm, data: dict, dtype: torch.dtype, chunked: bool) -> torch.Tensor:
         """The whole row's mean loss (see the module docstring); ``chunked``: the fast path's
