@@ -93,9 +93,11 @@ def _ulysses_attention(inner: str):
         # Positions of this rank's piece only; after the swap the mask or the varlen
         # boundaries describe the whole row (flash-style kernels would read the positions).
         kwargs.pop('position_ids', None)
-        # (batch, heads, tokens / sp, d) -> (batch, heads / sp, tokens, d)
-        query, key, value = (all_to_all(t, sequence_parallel_group, scatter_dim=1, gather_dim=2)
-                             for t in (query, key, value))
+        # (batch, heads, tokens / sp, d) -> (batch, heads / sp, tokens, d), one after the other so
+        # that each input can be freed before the next exchange.
+        query = all_to_all(query, sequence_parallel_group, scatter_dim=1, gather_dim=2)
+        key = all_to_all(key, sequence_parallel_group, scatter_dim=1, gather_dim=2)
+        value = all_to_all(value, sequence_parallel_group, scatter_dim=1, gather_dim=2)
         out, _ = attend(module, query, key, value, attention_mask, **kwargs)
         # (batch, tokens, heads / sp, d) -> (batch, tokens / sp, heads, d)
         return all_to_all(out, sequence_parallel_group, scatter_dim=1, gather_dim=2), None

@@ -30,6 +30,9 @@ def _exchange(tensor: torch.Tensor, group, scatter_dim: int, gather_dim: int) ->
     send = tensor.unflatten(scatter_dim, (world, -1)).movedim(scatter_dim, 0).contiguous()
     received = torch.empty_like(send)
     dist.all_to_all_single(received, send, group=group)
+    # At 256k tokens a rank's queries are 2 GiB: hold at most two such buffers at once. (NCCL
+    # keeps its own reference while the exchange still reads them.)
+    del send
     # received[i] came from rank i: put the rank axis right before gather_dim and merge them.
     return received.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
