@@ -60,7 +60,8 @@ IMPORTS = {
     ('xtuner.evaluation', 'MMLUMetric'): MISSING,
     ('xtuner.model', 'SupervisedFinetune'): HONOURED,
     ('xtuner.model.transformers_models.deepseek_v2', 'DeepseekV2ForCausalLM'): MISSING,
-    # Sequence parallelism: honoured at size 1; a config's sequence_parallel_size > 1 is refused.
+    # Sequence parallelism: a config's sequence_parallel_size runs on that many processes
+    # (tests/test_sequence_parallel.py); one process refuses a size above 1 in one line.
     ('xtuner.parallel.sequence', 'SequenceParallelSampler'): HONOURED,
     ('xtuner.utils', 'PROMPT_TEMPLATE'): HONOURED,
     ('xtuner.utils', 'SYSTEM_TEMPLATE'): HONOURED,
@@ -89,7 +90,7 @@ ARGUMENTS = {
     'template_map_fn_factory': {'template': HONOURED},
     'HFCheckpointHook': {'out_dir': HONOURED},
 }
-PART1_VARIABLES = {'sequence_parallel_size': 'honoured at 1, refused above'}
+PART1_VARIABLES = {'sequence_parallel_size': 'honoured (above 1 on that many processes)'}
 
 
 def xft_object(module, name):
@@ -298,8 +299,8 @@ def test_a_config_in_xtuners_vocabulary_trains(tmp_path, tiny_llama_dir, grown_t
     assert adapter['r'] == 8 and sorted(adapter['trainable_token_indices']) == ['embed_tokens', 'lm_head']
 
 
-def test_sequence_parallel_size_above_one_is_refused_in_one_line(tmp_path, tiny_llama_dir, grown_tokenizer,
-                                                                 shared_data):
+def test_sequence_parallel_size_above_one_on_one_process_is_refused_in_one_line(tmp_path, tiny_llama_dir,
+                                                                                grown_tokenizer, shared_data):
     from xft import cli
     config = hand_written(tmp_path, tiny_llama_dir, grown_tokenizer, shared_data, sequence_parallel_size=4)
     output = io.StringIO()
@@ -307,9 +308,8 @@ def test_sequence_parallel_size_above_one_is_refused_in_one_line(tmp_path, tiny_
         code = cli.main(['train', str(config), '--work-dir', str(tmp_path / 'run')])
     assert code != 0
     last = output.getvalue().strip().splitlines()[-1]
-    assert last == ('xft train: sequence_parallel_size=4: sequence parallelism is not implemented in xft yet; '
-                    'set sequence_parallel_size = 1 (each rank then trains whole rows; divide accumulative_counts '
-                    'by 4 if the config multiplied it)')
+    assert last == ('xft train: sequence_parallel_size=4 splits each row over 4 processes; start them with '
+                    'NPROC_PER_NODE=4 xft train CONFIG (or a multiple of 4)')
 
 
 # ----------------------------------------------------------------------- XTuner's real configs
@@ -536,7 +536,7 @@ def test_every_sft_config_the_shared_data_can_feed_builds_and_steps(tmp_path, re
                 raise AssertionError(f'{path}: {error}') from error
         assert math.isfinite(float(loss)), path
         built.append(path)
-    # The *_sp4 / *_sp8 speed configs ask for sequence parallelism.
-    assert all('sequence parallelism is not implemented' in message for message in refused.values())
+    # The *_sp4 / *_sp8 speed configs ask for sequence parallelism: one process has no groups.
+    assert all('this process has no sequence-parallel groups' in message for message in refused.values())
     assert len(built) + len(refused) == len(fed)
     assert (len(blocked), len(refused), len(built)) == (12, 11, 320), (len(blocked), len(refused), len(built))

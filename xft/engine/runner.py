@@ -3,7 +3,6 @@ import collections
 import logging
 
 import torch
-from mmengine.dist import get_world_size
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
@@ -12,7 +11,8 @@ from xft.engine.schedulers import drop_empty_schedulers
 from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLossError
 from xft.engine.token_weighting import (LOSS_NORMALIZATIONS, StepWindows, TokenWeightedOptimWrapper,
                                         accumulation_of)
-from xft.parallel.sequence import check_sequence_parallel_size
+from xft.parallel.sequence import (check_sequence_parallel_size, get_data_parallel_world_size,
+                                   sequence_parallel_size_of)
 from xft.utils.errors import ConfigError
 
 # The custom hook point called once a resumed run's dataloader stands where the saved run
@@ -111,6 +111,17 @@ def _slice_rows(data: dict, rows: list) -> dict:
     return picked
 
 
+def _check_sequence_parallel(runner) -> None:
+    """A config's sequence_parallel_size needs its groups (set up by `xft train`) and a model
+    that splits rows (SupervisedFinetune); refused in one line otherwise."""
+    size = sequence_parallel_size_of(getattr(runner, 'cfg', None) or {})
+    check_sequence_parallel_size(size)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if size > 1 and isinstance(model, torch.nn.Module) and getattr(model, 'sequence_parallel_size', 1) != size:
+        raise ConfigError(f'sequence_parallel_size={size}: the model ({type(model).__name__}) does not split '
+                          'rows over the sequence-parallel group; SupervisedFinetune does')
+
+
 class TrainLoop(IterBasedTrainLoop):
     """Iteration-based training that also accepts ``max_epochs`` (XTuner's TrainLoop).
 
@@ -136,8 +147,8 @@ class TrainLoop(IterBasedTrainLoop):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ConfigError(f'train_cfg.loss_normalization: expected one of {", ".join(LOSS_NORMALIZATIONS)}, '
                               f'got {loss_normalization!r}')
-        # XTuner's configs declare it in PART 1; its sampler import alone is fine at size 1.
-        check_sequence_parallel_size(getattr(runner, 'cfg', {}).get('sequence_parallel_size', 1))
+        # XTuner's configs declare it in PART 1; `xft train` sets its groups up before the model.
+        _check_sequence_parallel(runner)
         if max_epochs is not None:
             runner_dataloader = runner.build_dataloader(dataloader) if isinstance(dataloader, dict) else dataloader
             iters_per_epoch = len(runner_dataloader)
@@ -193,7 +204,8 @@ class TrainLoop(IterBasedTrainLoop):
             self._weighting = None
             if self.loss_normalization == 'step_tokens':
                 # Under DDP or ZeRO the ranks' gradients are averaged; elsewhere there is one rank.
-                ranks = get_world_size() if is_model_wrapper(self.runner.model) else 1
+                # The ranks of a sequence-parallel group share rows: count each row once.
+                ranks = get_data_parallel_world_size() if is_model_wrapper(self.runner.model) else 1
                 self._weighting = wrapper = TokenWeightedOptimWrapper(wrapper, ranks)
             self._guard = FiniteLossGuard(wrapper, self._bare_model().parameters(), self.nonfinite_loss)
         return self._guard

@@ -14,6 +14,11 @@ times ``n_micro_batch * ranks / n_step``: with the ranks' gradients averaged (1/
 DDP, xft's ``StepDataParallel`` and ZeRO all average) and no 1/accumulative_counts, the step's
 gradient is the sum of all its token losses over ``n_step``. The logged loss is unchanged: each micro-batch's own per-token mean.
 
+Under sequence parallelism the ``sp`` ranks of a group hold the same rows, so counts are
+summed over the data-parallel ranks only (each row once) and ``ranks`` is the data-parallel
+size; the model's loss already makes the group's ``sp`` gradients average to the row's
+(``xft.parallel.sequence.loss``), so DDP's average over all ranks is one over rows again.
+
 Packing, padding and ``-100`` labels need nothing special (only labels are counted), a last
 window shorter than ``accumulative_counts`` counts its own micro-batches, and the model's
 loss function (plain or the fast path's chunked one) only ever sees its own micro-batch.
@@ -26,6 +31,7 @@ from mmengine.dist import all_reduce, get_world_size
 from mmengine.optim import OptimWrapper
 
 from xft.model.loss import count_trained_tokens
+from xft.parallel.sequence import get_data_parallel_group
 from xft.utils.errors import ConfigError
 
 # train_cfg.loss_normalization: 'step_tokens' is the default; 'micro_batch' is XTuner 0.1.x's
@@ -44,11 +50,12 @@ def batch_trained_tokens(data_batch) -> int:
 
 
 def sum_over_ranks(count: int) -> int:
-    """``count`` summed over every rank (itself on one process)."""
+    """``count`` summed over the data-parallel ranks (every rank without sequence
+    parallelism; itself on one process)."""
     if get_world_size() == 1:
         return count
     total = torch.tensor([count], dtype=torch.long)
-    all_reduce(total, op='sum')
+    all_reduce(total, op='sum', group=get_data_parallel_group())
     return int(total.item())
 
 

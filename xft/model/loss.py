@@ -126,11 +126,14 @@ def linear_cross_entropy(hidden: torch.Tensor,
                          weight: torch.Tensor,
                          labels: torch.Tensor,
                          num_items_in_batch: Optional[int] = None,
-                         chunk_tokens: Optional[int] = DEFAULT_CHUNK_TOKENS) -> Tuple[torch.Tensor, int]:
+                         chunk_tokens: Optional[int] = DEFAULT_CHUNK_TOKENS,
+                         shifted: bool = False) -> Tuple[torch.Tensor, int]:
     """Mean causal-LM loss of `hidden @ weight.T` against `labels`, chunked over tokens.
 
     hidden: (batch, seq, dim) final hidden states; weight: (vocab, dim) the LM head;
-    labels: (batch, seq) token ids with `IGNORE_INDEX` where no loss falls (not yet shifted).
+    labels: (batch, seq) token ids with `IGNORE_INDEX` where no loss falls (not yet shifted;
+    with `shifted=True`, already aligned with the positions that predict them, as for a piece
+    of a row whose next piece lies on another rank: `shift_labels` of the whole row, cut).
     Returns `(loss, n_tokens)`, n_tokens being the number of scored tokens.
 
     >>> h, w = torch.randn(1, 5, 8), torch.randn(11, 8)
@@ -140,7 +143,7 @@ def linear_cross_entropy(hidden: torch.Tensor,
     >>> n, bool(torch.allclose(loss, ref))
     (3, True)
     """
-    targets = shift_labels(labels).reshape(-1)
+    targets = (labels if shifted else shift_labels(labels)).reshape(-1)
     flat = hidden.reshape(-1, hidden.shape[-1])
     n_tokens = int((targets != IGNORE_INDEX).sum())
     divisor = num_items_in_batch if num_items_in_batch is not None else max(n_tokens, 1)

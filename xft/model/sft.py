@@ -17,6 +17,7 @@ from .lora import attach_lora, build_lora_config
 from .loss import count_trained_tokens
 from .packed_attention import VARLEN_ATTENTION_NAME, choose_packed_attention, packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
+from .sequence_parallel import SequenceParallel
 from .vocab import embedding_rows_for, grow_embeddings, tokenizer_length, train_new_rows
 
 # XTuner 0.1.23's arguments, then xft's speed switches (mmengine adds the last two).
@@ -61,7 +62,7 @@ class SupervisedFinetune(BaseModel):
         cuda_graphs: with the fast path on a GPU, replay each checkpointed layer's passes as
             CUDA graphs where that is exact (no foreign dropout, one process or StepDataParallel,
             rows of at most 4,096 tokens, where kernel launches rather than arithmetic bound the step);
-            ``xft.model.kernels.graphs`` says when they stay off.
+            ``xft.model.kernels.graphs`` says when they stay off. Off under sequence parallelism.
         peft_model: a PEFT LoRA adapter folder to continue training from; ``lora`` must
             describe it (``xft.model.adapter_start``).
         tokenizer: the tokenizer (or its config dict); when it has more tokens than the model
@@ -73,6 +74,10 @@ class SupervisedFinetune(BaseModel):
     Any other argument is refused in one line: XTuner 0.1.23's SupervisedFinetune takes
     exactly ``llm, lora, peft_model, use_activation_checkpointing, use_varlen_attn, tokenizer,
     max_position_embeddings``, and all are honoured.
+
+    Under sequence parallelism (a config's ``sequence_parallel_size`` above 1, whose groups
+    ``xft train`` sets up before the model is built) each rank trains its piece of every row
+    and the loss is the whole row's (``xft.model.sequence_parallel``).
     """
 
     def __init__(self, llm, lora=None, peft_model=None, use_activation_checkpointing=True,
@@ -90,6 +95,9 @@ class SupervisedFinetune(BaseModel):
         if choose_packed_attention(llm) == VARLEN_ATTENTION_NAME:
             print_log('SupervisedFinetune: packed rows attend through torch\'s varlen_attn '
                       f'({VARLEN_ATTENTION_NAME}), other batches through SDPA', logger='current')
+        self.sequence_parallel = SequenceParallel.prepare(llm)
+        if self.sequence_parallel is not None:
+            print_log(f'SupervisedFinetune: {self.sequence_parallel.summary()}', logger='current')
         quantized = is_quantized(llm)
         if quantized and lora is None:
             raise ConfigError('model: a quantized llm (quantization_config) can only be trained with LoRA; '
@@ -122,11 +130,23 @@ class SupervisedFinetune(BaseModel):
             self.fast_path = apply_fast_path(
                 self.llm, gradient_checkpointing=use_activation_checkpointing,
                 offload_checkpoints=torch.cuda.is_available(), offload_max_host_gib=32,
-                cuda_graphs=cuda_graphs and torch.cuda.is_available())
+                cuda_graphs=cuda_graphs and torch.cuda.is_available() and self.sequence_parallel is None)
             print_log(self.fast_path.summary(), logger='current')
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_weights)
         print_log(f'SupervisedFinetune: {"QLoRA" if quantized else "LoRA" if lora is not None else "full"} '
                   f'fine-tuning, {self.num_trainable_parameters():,} trainable parameters', logger='current')
+
+    @property
+    def sequence_parallel_size(self) -> int:
+        """Over how many ranks each row is split (1: whole rows)."""
+        return 1 if self.sequence_parallel is None else self.sequence_parallel.size
+
+    @property
+    def attention_implementation(self) -> str:
+        """The attention that runs on whole rows (inside the sequence-parallel wrapper, if any)."""
+        if self.sequence_parallel is not None:
+            return self.sequence_parallel.attention
+        return self.llm.config._attn_implementation
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -162,7 +182,7 @@ class SupervisedFinetune(BaseModel):
         boundaries, whatever ``use_varlen_attn`` says: packing without it would let
         samples attend to each other (XTuner's behaviour), which trains on noise.
         """
-        return packed_attention_kwargs(data, self.llm.config._attn_implementation, dtype=self.llm.dtype)
+        return packed_attention_kwargs(data, self.attention_implementation, dtype=self.llm.dtype)
 
     def compute_loss(self, data) -> dict:
         """Mean cross-entropy over this micro-batch's trained tokens (labels not IGNORE_INDEX).
@@ -171,8 +191,12 @@ class SupervisedFinetune(BaseModel):
         share of the trained tokens of the whole optimizer step (all accumulated micro-batches,
         all ranks; ``xft.engine.token_weighting``), so the step's gradient is that of the mean
         over all its tokens. A micro-batch without trained tokens gives a zero loss that still
-        reaches every weight (DDP waits for all gradients) instead of 0/0 = NaN.
+        reaches every weight (DDP waits for all gradients) instead of 0/0 = NaN. Under sequence
+        parallelism it is the whole row's mean, the same on every rank of the group.
         """
+        if self.sequence_parallel is not None:
+            return {'loss': self.sequence_parallel.loss(self.llm, data, self.llm.dtype,
+                                                        chunked=self.fast_path is not None)}
         kwargs = self.forward_kwargs(data)
         if self.fast_path is None:
             outputs = self.llm(**kwargs)

@@ -76,9 +76,11 @@ def train(cfg):
     from xft.engine.hooks.exact_resume_hook import ExactResumeHook
     from xft.engine.hooks.preemption_hook import PreemptionHook
     from xft.engine.hooks.throughput_hook import add_throughput_hook_if_missing
+    from xft.parallel.sequence import setup_sequence_parallel
 
     register_checkpoint_loader()
     setup_distributed(cfg)
+    setup_sequence_parallel(cfg)  # before the Runner builds the model and the sampler
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else _build_custom_runner(cfg)
     runner.register_hook(ExactResumeHook())
     runner.register_hook(PreemptionHook())

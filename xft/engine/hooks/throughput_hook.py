@@ -16,7 +16,8 @@ gradient, so their backward is one matmul, not two. Here each term is counted fo
 recomputing run cannot raise its MFU by recomputing. The MFU scalar's name says what it is
 measured against, e.g. `mfu_of_H200_989TFLOPs_bf16` (one name per run, so the log line
 reads `mfu_of_H200_989TFLOPs_bf16: 0.4100`). Tokens are the non-padding tokens of the batch
-(`attention_mask.sum()`), per GPU. On CUDA `train/peak_gib` is the peak allocated memory
+(`attention_mask.sum()`), per GPU (divided by the sequence-parallel size, whose ranks share
+rows). On CUDA `train/peak_gib` is the peak allocated memory
 since the previous iteration's log plus the CUDA-graph pools (allocations inside a graph
 replay are invisible to `max_memory_allocated`). Without CUDA, only tokens/s and TFLOP/s.
 
@@ -29,6 +30,8 @@ from typing import Optional
 import torch
 from mmengine.hooks import Hook
 from mmengine.model.wrappers import is_model_wrapper
+
+from xft.parallel.sequence import get_sequence_parallel_world_size
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity).
 PEAK_BF16_TFLOPS = {
@@ -230,6 +233,10 @@ class ThroughputHook(Hook):
         if seconds <= 0:
             return
         n_tokens, pairs = batch_tokens_and_pairs(data)
+        # Under sequence parallelism each GPU of a group works on 1/sp of these rows' tokens
+        # (and of their attention: 1/sp of the heads over the whole row).
+        sp = get_sequence_parallel_world_size()
+        n_tokens, pairs = n_tokens / sp, pairs / sp
         model_flops, hardware_flops = step_flops(self.shape, n_tokens, pairs)
         hub.update_scalar('train/tokens_per_sec', n_tokens / seconds)
         hub.update_scalar('train/tflops', hardware_flops / seconds / 1e12)
