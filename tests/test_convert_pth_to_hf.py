@@ -197,7 +197,7 @@ def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
     code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(out)])
     if importlib.util.find_spec('deepspeed') is None:
         # Without deepspeed installed: one line saying what to install.
-        assert code == 1 and 'needs deepspeed' in capsys.readouterr().err
+        assert code == 2 and 'needs deepspeed' in capsys.readouterr().err
         return
     assert code == 0
     trained = torch.load(DEEPSPEED_FIXTURE / 'trained_lora_weights.pt')
@@ -215,7 +215,7 @@ def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_
     capsys.readouterr()
     code = pth_to_hf_main([str(config), str(tmp_path / 'iter_1.pth'), str(tmp_path / 'out')])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
+    assert code == 2 and len(err) == 1
     assert 'DeepSpeed' in err[0] or 'deepspeed' in err[0]
 
 

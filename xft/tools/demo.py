@@ -91,9 +91,9 @@ def main(argv=None) -> int:
         if GENERAL_FACT not in answers[GENERAL_QUESTION]:
             problems.append(f'the {title} model lost the general answer ({GENERAL_FACT})')
     if problems:
-        print('demo: ' + '; '.join(problems), file=sys.stderr)
+        print('xft demo: ' + '; '.join(problems), file=sys.stderr)
         return 1
-    print(f'demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris.')
+    print(f'xft demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris.')
     return 0
 
 
