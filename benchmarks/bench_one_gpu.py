@@ -6,7 +6,8 @@ On a GPU machine (about 10 minutes for everything on an H200):
 
 It builds a Llama-2-7B-shaped model with random weights (hidden 4096, 32 layers, FFN 11008,
 vocab 32000, 32 heads) on the GPU, saves it once, then trains it with each system in its own
-process: LoRA r=64, alpha=16, dropout 0 on all seven projections, batch 1, random token ids,
+process: LoRA r=64, alpha=16, dropout 0 (`--lora-dropout` for another) on all seven
+projections, batch 1, random token ids,
 `--warmup` untimed and `--steps` timed optimizer steps per setting (QLoRA NF4 double-quant
 and bf16 LoRA, at each of `--seqs` tokens). Each process appends one JSON line per setting to
 `<out>/gpu_<date>.jsonl`; the QLoRA processes then try single steps at growing lengths
@@ -137,7 +138,7 @@ def build_unsloth(model_dir, qlora, max_len):
 
 
 def xft_model_cfg(model_dir, qlora):
-    """The `model` section of an xft config for this benchmark (bf16, LoRA dropout 0)."""
+    """The `model` section of an xft config for this benchmark (bf16, `LORA`'s dropout)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -322,9 +323,11 @@ def worker(args):
     max_len = max(seqs + lengths)
     out = Path(args.jsonl)
 
+    LORA['lora_dropout'] = args.lora_dropout  # every builder reads LORA
+
     def emit(record):
         record = dict(system=args.worker, mode=args.mode, gpu=torch.cuda.get_device_name(),
-                      torch=torch.__version__, **record)
+                      torch=torch.__version__, lora_dropout=args.lora_dropout, **record)
         with out.open('a') as f:
             f.write(json.dumps(record) + '\n')
         print(json.dumps(record), flush=True)
@@ -356,24 +359,27 @@ def summarize(records, md_path: Path) -> str:
     """A markdown table per setting with ratios to the baseline and to unsloth."""
     timed = [r for r in records if r.get('setting') not in ('longest', 'check')
              and 'tokens_per_s' in r]
-    by_key = {(r['system'], r['setting']): r for r in timed}
+    for r in timed:  # rows measured with adapter dropout are told apart by their label
+        dropout = float(r.get('lora_dropout', 0.0))
+        r['label'] = r['system'] if dropout == 0 else f'{r["system"]}@dropout{dropout:g}'
+    by_key = {(r['label'], r['setting']): r for r in timed}
     lines = [f'# One-GPU training benchmark ({records[0]["gpu"] if records else "?"}, '
              f'{datetime.date.today().isoformat()})', '',
-             'Llama-2-7B shape, random weights, LoRA r=64 alpha=16 dropout 0 on all 7 '
-             'projections, batch 1, random ids. tokens/s over the timed steps; peak = '
-             'torch.cuda.max_memory_allocated.', '',
+             'Llama-2-7B shape, random weights, LoRA r=64 alpha=16 on all 7 projections '
+             '(dropout 0 unless the system says @dropout), batch 1, random ids. tokens/s over the '
+             'timed steps; peak = torch.cuda.max_memory_allocated (+ CUDA-graph pools for xft).', '',
              '| setting | system | tokens/s | peak GiB | vs baseline | vs unsloth | loss (first→last) |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for setting in sorted({r['setting'] for r in timed}, key=lambda s: (s.split('_')[0],
                                                                          int(s.split('_')[1]))):
         base = by_key.get(('baseline', setting))
         uns = by_key.get(('unsloth', setting))
-        for r in sorted((r for r in timed if r['setting'] == setting), key=lambda r: r['system']):
+        for r in sorted((r for r in timed if r['setting'] == setting), key=lambda r: r['label']):
             r['vs_baseline'] = round(r['tokens_per_s'] / base['tokens_per_s'], 3) if base else None
             r['vs_unsloth'] = round(r['tokens_per_s'] / uns['tokens_per_s'], 3) if uns else None
             vb = f'{r["vs_baseline"]:.2f}x' if base else '—'
             vu = f'{r["vs_unsloth"]:.2f}x' if uns else '—'
-            lines.append(f'| {setting} | {r["system"]} | {r["tokens_per_s"]:,.0f} | '
+            lines.append(f'| {setting} | {r["label"]} | {r["tokens_per_s"]:,.0f} | '
                          f'{r["peak_gib"]:.2f} | {vb} | {vu} | {r["first_loss"]}→{r["last_loss"]} |')
     lines += ['', '## Longest single QLoRA step', '',
               '| system | tokens | status | step s | peak GiB |', '| --- | --- | --- | --- | --- |']
@@ -407,7 +413,7 @@ def driver(args):
             cmd = [sys.executable, __file__, '--worker', system, '--mode', mode, '--model-dir',
                    str(model_dir), '--jsonl', str(jsonl), '--seqs', args.seqs, '--longest',
                    args.longest, '--longest-cap-s', str(args.longest_cap_s), '--longest-systems',
-                   args.longest_systems, '--warmup',
+                   args.longest_systems, '--lora-dropout', str(args.lora_dropout), '--warmup',
                    str(args.warmup), '--steps', str(args.steps), '--profile-seqs',
                    args.profile_seqs if system in args.profile_systems.split(',') else '']
             t1 = time.perf_counter()
@@ -441,6 +447,8 @@ def main(argv=None):
     p.add_argument('--longest-systems', default='', help='probe only these (default: all)')
     p.add_argument('--profile-seqs', default='', help='profile the step at these lengths')
     p.add_argument('--profile-systems', default='xft', help='...for these systems')
+    p.add_argument('--lora-dropout', type=float, default=0.0,
+                   help='LoRA dropout of every system (0: the settings of the earlier results)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--worker-timeout-s', type=float, default=420)

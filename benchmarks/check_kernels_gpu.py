@@ -133,9 +133,62 @@ def main():
                                                          ignore_index=-100), [h], None)
     got = grads_of(lambda a: linear_cross_entropy(a, w, labels, chunk_tokens=1024)[0], [h], None)
     check('linear_cross_entropy (loss, dh)', list(zip(got, ref)), 1e-2)
+    check_dropout_kernel(dev)
     check_fast_path_models(dev)
+    check_packed_varlen(dev)
     print('FAILED: ' + ', '.join(FAILED) if FAILED else 'all kernel checks passed')
     return 1 if FAILED else 0
+
+
+def check_dropout_kernel(dev):
+    """The Triton adapter-dropout kernel against its torch reference: the same masks (bits)
+    and values up to the output dtype's rounding, on odd shapes, row offsets, accumulation."""
+    from xft.model.kernels.dropout import (dropped_reference, dropped_triton,
+                                           triton_matches_reference)
+    verified = triton_matches_reference(torch.device(dev))
+    print(f'{"ok " if verified else "BAD"} dropout kernel self-check (used by training): {verified}')
+    if not verified:
+        FAILED.append('dropout self-check')
+    for rows, cols, offset, dtype in [(2048, 4096, 0, torch.bfloat16), (37, 11008, 256, torch.bfloat16),
+                                      (5, 1000, 3, torch.float32)]:
+        seed = torch.tensor([2**61 + rows], device=dev)
+        x = torch.randn(rows, cols, device=dev).to(dtype)
+        got = dropped_triton(x, seed, 17, 0.1, scale=0.25, row_offset=offset)
+        ref = dropped_reference(x, seed, 17, 0.1, scale=0.25, row_offset=offset)
+        same_mask = bool(torch.equal(got == 0, ref == 0))
+        keep = (got != 0).float().mean().item()
+        print(f'{"ok " if same_mask else "BAD"} dropout mask {rows}x{cols}+{offset} {dtype}: '
+              f'same zeros {same_mask}, kept {keep:.4f}', flush=True)
+        if not same_mask:
+            FAILED.append(f'dropout mask {rows}x{cols}')
+        check(f'dropout values {rows}x{cols} {dtype}', [(got, ref)], 1e-2)
+    time_dropout_kernel(dev)
+
+
+def time_dropout_kernel(dev):
+    """How long the dropout kernels take against a plain copy of the same tensor (the memory
+    traffic alone): their hash is integer work, and this says whether it hides under it."""
+    from xft.model.kernels.dropout import dropped, dropped_pair
+
+    def microseconds(fn, repeat=50):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / repeat * 1000
+
+    seed = torch.tensor([12345], device=dev)
+    for rows, cols in [(2048, 4096), (2048, 11008), (8192, 4096)]:
+        x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)
+        t = torch.randn_like(x)
+        copy = microseconds(lambda: x.clone())
+        single = microseconds(lambda: dropped(x, seed, 3, 0.1))
+        pair = microseconds(lambda: dropped_pair(x, t, seed, 3, 0.1, 0.5))
+        print(f'    dropout timing {rows}x{cols} bf16: dropped {single:.1f} us, dropped_pair {pair:.1f} us, '
+              f'clone {copy:.1f} us', flush=True)
 
 
 def check_fast_path_models(dev):
@@ -156,9 +209,10 @@ def check_fast_path_models(dev):
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
     targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
-    for quantized in (False, True):
+    for quantized, dropout in ((False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)):
         runs = {}
-        for mode in ('plain', 'fast', 'graphs'):
+        # With adapter dropout only the fast paths share masks (peft draws its own).
+        for mode in (('plain', 'fast', 'graphs') if dropout == 0 else ('fast', 'graphs')):
             extra = {}
             if quantized:
                 extra['quantization_config'] = BitsAndBytesConfig(
@@ -167,7 +221,7 @@ def check_fast_path_models(dev):
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
                                                          device_map={'': 0}, **extra)
             torch.manual_seed(1)
-            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=dropout,
                                                      target_modules=targets))
             for n, p in model.named_parameters():
                 if 'lora_B' in n:
@@ -183,8 +237,9 @@ def check_fast_path_models(dev):
             opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
             gen = torch.Generator(dev).manual_seed(5)
             losses = []
-            for _ in range(6):
+            for step in range(6):
                 ids = torch.randint(0, 1000, (1, 512), device=dev, generator=gen)
+                torch.manual_seed(100 + step)  # the step's dropout seed, the same in each mode
                 with torch.autocast('cuda', dtype=torch.bfloat16):
                     if mode == 'plain':
                         loss = model(input_ids=ids, labels=ids).loss
@@ -198,14 +253,133 @@ def check_fast_path_models(dev):
             runs[mode] = (torch.stack(losses), grads, family.replays if family else None)
             del model, opt
             torch.cuda.empty_cache()
-        kind = 'nf4' if quantized else 'bf16'
+        kind = ('nf4' if quantized else 'bf16') + (f' dropout {dropout}' if dropout else '')
         print(f'    {kind} losses: ' + '; '.join(f'{m}=' + ','.join(f'{x:.4f}' for x in r[0].tolist())
                                            for m, r in runs.items()) + f'; replays={runs["graphs"][2]}')
         if not runs['graphs'][2]:
             FAILED.append(f'graphs {kind}: no layer replayed')
         check(f'fast path with graphs vs without, {kind} (losses, last grads)',
               [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
-        check(f'fast path vs plain peft, {kind} (losses)', [(runs['fast'][0], runs['plain'][0])], 2e-2)
+        if 'plain' in runs:
+            check(f'fast path vs plain peft, {kind} (losses)', [(runs['fast'][0], runs['plain'][0])], 2e-2)
+
+
+def packed_row(width, gen, dev):
+    """One packed row of random samples (3 to 300 tokens) as the collate function gives it."""
+    lengths, total = [], 0
+    while total < width:
+        n = min(int(torch.randint(3, 300, (1, ), generator=gen)), width - total)
+        lengths.append(n)
+        total += n
+    cumulative = torch.tensor([0] + lengths).cumsum(0)
+    ids = torch.randint(0, 1000, (1, width), generator=gen)
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    return {'input_ids': ids.to(dev), 'labels': ids.clone().to(dev), 'position_ids': positions.to(dev),
+            'cumulative_len': [cumulative], 'max_seqlen': max(lengths)}, lengths
+
+
+def check_packed_varlen(dev):
+    """Packed rows through torch's varlen_attn (xft_varlen, what SupervisedFinetune picks on a
+    GPU): the loss and grads equal SDPA's block mask and the samples run one by one, and with
+    CUDA graphs (boundaries padded to one shape) the steps equal those without."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from xft.model.fast_path import apply_fast_path, causal_lm_loss
+    from xft.model.kernels.graphs import GraphFamily
+    from xft.model.packed_attention import (choose_packed_attention, packed_attention_kwargs,
+                                            varlen_attention_available)
+
+    if not varlen_attention_available():
+        print('BAD packed varlen: torch has no varlen_attn here', flush=True)
+        FAILED.append('packed varlen: no varlen_attn')
+        return
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048)
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+
+    def model_with(attention, family):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={'': 0},
+                                                     attn_implementation='sdpa')
+        if attention != 'sdpa':
+            assert choose_packed_attention(model) == attention
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=targets))
+        for n, p in model.named_parameters():
+            if 'lora_B' in n:
+                p.data.normal_(std=0.02)
+        apply_fast_path(model, offload_checkpoints=True, cuda_graphs=family or False)
+        return model.train()
+
+    def step_loss(model, attention, data):
+        kwargs = packed_attention_kwargs(data, attention)
+        ids, labels = kwargs.pop('input_ids'), kwargs.pop('labels')
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            loss, n = causal_lm_loss(model, ids, labels, **kwargs)
+        return loss, n
+
+    # 1. one packed row: varlen == block mask == the samples one by one (summed token losses)
+    gen = torch.Generator().manual_seed(3)
+    data, lengths = packed_row(1024, gen, dev)
+    results = {}
+    for attention in ('sdpa', 'xft_varlen'):
+        model = model_with(attention, None)
+        torch.manual_seed(7)
+        loss, n = step_loss(model, attention, data)
+        loss.backward()
+        grads = [p.grad.float().clone() for p in model.parameters() if p.requires_grad]
+        results[attention] = (loss.detach().float(), grads)
+        if attention == 'xft_varlen':
+            total, count, start = 0.0, 0, 0
+            with torch.no_grad():
+                for length in lengths:
+                    piece = {'input_ids': data['input_ids'][:, start:start + length]}
+                    piece['labels'] = piece['input_ids']
+                    torch.manual_seed(7)
+                    part, m = step_loss(model, 'sdpa', piece)
+                    total, count, start = total + float(part) * m, count + m, start + length
+        del model
+        torch.cuda.empty_cache()
+    check('packed row, varlen vs SDPA block mask (loss, grads)',
+          [(results['xft_varlen'][0], results['sdpa'][0])]
+          + list(zip(results['xft_varlen'][1], results['sdpa'][1])), 2e-2)
+    print(f'    packed loss {float(results["xft_varlen"][0]):.5f}; samples one by one, no dropout '
+          f'masks shared: {total / count:.5f} ({len(lengths)} samples)', flush=True)
+
+    # 2. six steps of different packings: graphs on == graphs off, and the graphs replayed
+    runs = {}
+    for mode in ('fast', 'graphs'):
+        family = GraphFamily() if mode == 'graphs' else None
+        model = model_with('xft_varlen', family)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+        gen = torch.Generator().manual_seed(5)
+        losses = []
+        for step in range(6):
+            data, _ = packed_row(1024, gen, dev)
+            torch.manual_seed(100 + step)
+            loss, _ = step_loss(model, 'xft_varlen', data)
+            loss.backward()
+            grads = [p.grad.detach().float().clone() for p in params]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach().float())
+        runs[mode] = (torch.stack(losses), grads, family.replays if family else None)
+        del model, opt
+        torch.cuda.empty_cache()
+    print('    varlen losses: ' + '; '.join(f'{m}=' + ','.join(f'{x:.4f}' for x in r[0].tolist())
+                                      for m, r in runs.items()) + f'; replays={runs["graphs"][2]}',
+          flush=True)
+    if not runs['graphs'][2]:
+        FAILED.append('graphs with varlen: no layer replayed')
+    check('packed varlen, graphs vs no graphs (losses, last grads)',
+          [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
 
 
 if __name__ == '__main__':

@@ -72,7 +72,9 @@ def test_second_turn_prompt_is_the_training_sample_of_the_conversation(tiny_toke
         '<|im_end|>\n<|im_start|>user\nAnd Germany?<|im_end|>\n<|im_start|>assistant\n')
     session.reset()
     session.answer('Hi')
-    assert model.prompts[2] == model.prompts[0][:0] + model.prompts[2]  # a fresh conversation
+    fresh, fresh_model = make_session(tiny_tokenizer, 'Paris.<|im_end|>')
+    fresh.answer('Hi')
+    assert model.prompts[2] == fresh_model.prompts[0]  # as a new session's first prompt
     assert 'Capital of France' not in tiny_tokenizer.decode(model.prompts[2])
 
 
@@ -143,11 +145,17 @@ def test_without_any_template_the_text_is_sent_as_it_is(tiny_llama_dir, capsys):
     assert captured.out == expected + '\n'
 
 
-def test_prompt_flag_answers_once(tiny_llama_dir, monkeypatch, capsys):
+def test_prompt_flag_answers_once(tiny_llama_dir, tiny_tokenizer, capsys):
+    from transformers import AutoModelForCausalLM
     code = chat_tool.main([str(tiny_llama_dir), '--prompt-template', 'chatml', '--prompt',
                            'Hello', *GREEDY])
     assert code == 0
-    assert capsys.readouterr().out.count('\n') >= 1
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
+    template, tokenizer = PROMPT_TEMPLATE.chatml, copy.deepcopy(tiny_tokenizer)
+    session = chat_tool.ChatSession(
+        model, tokenizer, template, '', GenerationSettings(max_new_tokens=8, temperature=0),
+        stop_words_for(template, tokenizer), None)
+    assert capsys.readouterr().out == session.answer('Hello') + '\n'
 
 
 @pytest.mark.parametrize('args, message', [
@@ -220,7 +228,7 @@ def test_converted_adapter_is_asked_in_its_training_template_without_naming_it(
         tmp_path, tiny_llama_dir, capsys, monkeypatch):
     """pth_to_hf saves the training config; merge copies it; chat reads its prompt_template.
     Here the training template is vicuna, which the tokenizer's own template is not."""
-    from conftest_convert import make_checkpoint
+    from helpers.convert import make_checkpoint
 
     from xft.tools.merge import main as merge_main
     from xft.tools.pth_to_hf import main as pth_to_hf_main

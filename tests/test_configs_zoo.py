@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest_zoo import dataset_key, small_data_files, tiny_config_text
+from helpers.zoo import dataset_key, small_data_files, tiny_config_text
 from xft.tools import cfg_tools, gen_configs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_llama
-from conftest_convert import SAMPLE_TEXT
+from helpers.convert import SAMPLE_TEXT
+from helpers.models import save_tiny_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xft.tools.merge import main as merge_main

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_convert import SAMPLE_TEXT, make_checkpoint, write_config
+from helpers.convert import SAMPLE_TEXT, make_checkpoint, write_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
@@ -106,7 +106,7 @@ def test_full_checkpoint_becomes_sharded_model_folder(tmp_path, tiny_llama_dir):
 
 
 def test_full_export_dtype_follows_the_config_and_fp32_flag(tmp_path, tiny_llama_dir, capsys):
-    from conftest_convert import build_model_from_config, save_checkpoint, write_config
+    from helpers.convert import build_model_from_config, save_checkpoint, write_config
     config = write_config(tmp_path / 'bf16_cfg.py', tiny_llama_dir, 'full', dtype='bfloat16')
     model = build_model_from_config(config)
     checkpoint = save_checkpoint(model, tmp_path / 'iter_1.pth')
@@ -156,7 +156,7 @@ def test_runner_checkpoint_converts_merges_and_chats_like_the_trained_model(
         tmp_path, tiny_llama_dir, tiny_tokenizer):
     """A checkpoint the mmengine CheckpointHook wrote (message hub, optimizer state and all)
     -> pth_to_hf -> merge -> chat: the merged model answers as the trained one does."""
-    from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+    from helpers.convert import (build_model_from_config, chatml_samples, run_toy_training,
                                   write_config)
 
     from xft.model.generation import GenerationSettings, encode_for_generation, generate_reply
@@ -188,18 +188,13 @@ DEEPSPEED_FIXTURE = Path(__file__).parent / 'fixtures' / 'convert_deepspeed_zero
 def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
         tmp_path, tiny_llama_dir, capsys):
     """A folder that mmengine's DeepSpeed strategy saved (see the fixture's make_checkpoint.py):
-    the adapter holds exactly the trained float32 LoRA weights."""
-    import importlib.util
-
+    the adapter holds exactly the trained float32 LoRA weights (deepspeed is a runtime
+    requirement: without it this test fails rather than passing on the error line)."""
     from safetensors.torch import load_file
     config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
     out = tmp_path / 'adapter'
     code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(out)])
-    if importlib.util.find_spec('deepspeed') is None:
-        # Without deepspeed installed: one line saying what to install.
-        assert code == 2 and 'needs deepspeed' in capsys.readouterr().err
-        return
-    assert code == 0
+    assert code == 0, capsys.readouterr().err
     trained = torch.load(DEEPSPEED_FIXTURE / 'trained_lora_weights.pt')
     saved = load_file(str(out / 'adapter_model.safetensors'))
     # peft's saved names drop the adapter name ('.default') and SupervisedFinetune's 'llm.'.
@@ -207,6 +202,17 @@ def test_deepspeed_zero2_checkpoint_folder_becomes_the_trained_adapter(
     assert set(saved) == set(expected) and len(saved) == 28
     for key, value in expected.items():
         assert torch.equal(saved[key], value), key
+
+
+def test_a_deepspeed_folder_without_deepspeed_installed_is_one_line(tmp_path, tiny_llama_dir, capsys,
+                                                                     monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'deepspeed.utils.zero_to_fp32', None)  # import now raises ImportError
+    config = write_config(tmp_path / 'lora_cfg.py', tiny_llama_dir, 'lora')
+    capsys.readouterr()
+    code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and 'needs deepspeed' in err[0]
 
 
 def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):

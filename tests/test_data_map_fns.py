@@ -19,41 +19,46 @@ from xft.registry import MAP_FUNC
 from xft.utils.errors import DataError
 from xft.utils.templates import SYSTEM_TEMPLATE
 
+# (map fn, file in /work/shared/data, rows, rows that map to no turn)
 SHARED_SETS = [
-    (alpaca_map_fn, 'alpaca/alpaca_data_subset.json', 2808),
-    (alpaca_map_fn, 'alpaca_gpt4/alpaca_gpt4_en_demo.json', 999),
-    (alpaca_map_fn, 'self_cognition/identity.json', 91),
-    (alpaca_map_fn, 'self_cognition/self_cognition_zh.json', 80),
-    (alpaca_zh_map_fn, 'alpaca_zh/alpaca_gpt4_zh_demo.json', 1000),
-    (alpaca_zh_map_fn, 'alpaca_zh/belle_school_math_dev1k.jsonl', 1000),
-    (alpaca_zh_map_fn, 'alpaca_zh/belle_open_source_1k.jsonl', 1000),
-    (code_alpaca_map_fn, 'code_alpaca/code_alpaca_2k.json', 2017),
-    (oasst1_map_fn, 'oasst1_guanaco/openassistant_best_replies_eval.shared318.jsonl', 318),
-    (oasst1_map_fn, 'oasst1_guanaco/guanaco_train1k_reconstructed.jsonl', 997),
-    (openai_map_fn, 'multi_turn/xtuner_openai_sft.jsonl', 128),
-    (openai_map_fn, 'xtuner_examples/demo_data/multi_turn_2/data.json', 2),
-    (sharegpt_map_fn, 'multi_turn/sharegpt_zh_1k.shared800.jsonl', 800),
-    (sharegpt_map_fn, 'multi_turn/glaive_toolcall_en_demo.json', 300),
-    (sharegpt_map_fn, 'self_cognition/fastchat_dummy_conversation.json', 500),
-    (wizardlm_map_fn, 'self_cognition/fastchat_dummy_conversation.json', 500),
-    (medical_map_fn, 'medical/medical_sft_1K_format.jsonl', 1000),
-    (pretrain_map_fn, 'pretrain_text/c4_demo.jsonl', 300),
-    (pretrain_map_fn, 'pretrain_text/wiki_demo.txt', 30),
+    (alpaca_map_fn, 'alpaca/alpaca_data_subset.json', 2808, 0),
+    (alpaca_map_fn, 'alpaca_gpt4/alpaca_gpt4_en_demo.json', 999, 0),
+    (alpaca_map_fn, 'self_cognition/identity.json', 91, 0),
+    (alpaca_map_fn, 'self_cognition/self_cognition_zh.json', 80, 0),
+    (alpaca_zh_map_fn, 'alpaca_zh/alpaca_gpt4_zh_demo.json', 1000, 0),
+    (alpaca_zh_map_fn, 'alpaca_zh/belle_school_math_dev1k.jsonl', 1000, 0),
+    (alpaca_zh_map_fn, 'alpaca_zh/belle_open_source_1k.jsonl', 1000, 0),
+    (code_alpaca_map_fn, 'code_alpaca/code_alpaca_2k.json', 2017, 0),
+    (oasst1_map_fn, 'oasst1_guanaco/openassistant_best_replies_eval.shared318.jsonl', 318, 0),
+    (oasst1_map_fn, 'oasst1_guanaco/guanaco_train1k_reconstructed.jsonl', 997, 0),
+    (openai_map_fn, 'multi_turn/xtuner_openai_sft.jsonl', 128, 0),
+    (openai_map_fn, 'xtuner_examples/demo_data/multi_turn_2/data.json', 2, 0),
+    (sharegpt_map_fn, 'multi_turn/sharegpt_zh_1k.shared800.jsonl', 800, 1),
+    (sharegpt_map_fn, 'multi_turn/glaive_toolcall_en_demo.json', 300, 0),
+    (sharegpt_map_fn, 'self_cognition/fastchat_dummy_conversation.json', 500, 0),
+    (wizardlm_map_fn, 'self_cognition/fastchat_dummy_conversation.json', 500, 0),
+    (medical_map_fn, 'medical/medical_sft_1K_format.jsonl', 1000, 0),
+    (pretrain_map_fn, 'pretrain_text/c4_demo.jsonl', 300, 0),
+    (pretrain_map_fn, 'pretrain_text/wiki_demo.txt', 30, 0),
 ]
 
 
-@pytest.mark.parametrize('map_fn, relative, rows', SHARED_SETS,
-                         ids=[f'{fn.__name__}:{path}' for fn, path, _ in SHARED_SETS])
+@pytest.mark.parametrize('map_fn, relative, rows, empty', SHARED_SETS,
+                         ids=[f'{fn.__name__}:{path}' for fn, path, _, _ in SHARED_SETS])
 def test_every_row_of_the_shared_set_maps_without_touching_the_row(shared_data, map_fn,
-                                                                   relative, rows):
+                                                                   relative, rows, empty):
     data, _ = read_rows(shared_data / relative)
     assert len(data) == rows
+    without_turns = 0
     for row in data:
         before = copy.deepcopy(row)
         turns = map_fn(row)['conversation']
         assert row == before
+        without_turns += not turns
         for turn in turns:
             assert isinstance(turn['input'], str) and isinstance(turn['output'], str)
+    # Counted, so that a map fn returning no turns cannot pass the loop above unseen.
+    assert without_turns == empty
 
 
 def first_row(shared_data, relative):

@@ -56,7 +56,7 @@ def test_unknown_and_missing_arguments_are_one_line(tiny_tokenizer):
 
 
 def test_every_option_that_shapes_the_rows_changes_the_cache_key(tiny_tokenizer, tmp_path):
-    from conftest import build_tiny_tokenizer
+    from helpers.models import build_tiny_tokenizer
     base = dict(tokenizer=tiny_tokenizer, max_length=64, pack_to_max_length=False)
     other = {
         'tokenizer': build_tiny_tokenizer(vocab_size=300), 'max_length': 32,

@@ -143,3 +143,58 @@ def test_flex_attention_gets_a_block_mask_of_the_same_pattern():
             'cumulative_len': cumulative, 'max_seqlen': 5}
     assert isinstance(packed_attention_kwargs(data, 'flex_attention')['attention_mask'],
                       BlockMask)
+
+
+def test_varlen_boundaries_are_padded_to_a_shape_that_does_not_depend_on_the_samples():
+    # CUDA graphs replay per argument shape: two packed batches whose samples end in different
+    # places must give boundaries of one shape and one maximum length.
+    from xft.model.packed_attention import VARLEN_ATTENTION_NAME, VARLEN_BOUNDARY_BUCKET
+    shapes = set()
+    for cumulative in ([0, 3, 8], [0, 1, 2, 6, 8], [0, 8]):
+        data = {'input_ids': torch.zeros(1, 8, dtype=torch.long), 'labels': torch.zeros(1, 8),
+                'cumulative_len': [torch.tensor(cumulative)], 'max_seqlen': 8}
+        kwargs = packed_attention_kwargs(data, VARLEN_ATTENTION_NAME)
+        bounds = kwargs['cu_seq_lens_q']
+        shapes.add((tuple(bounds.shape), kwargs['max_length_q']))
+        # the real boundaries first, then empty samples that end where the batch ends
+        assert bounds[:len(cumulative)].tolist() == cumulative
+        assert set(bounds[len(cumulative):].tolist()) == {8}
+    assert shapes == {((VARLEN_BOUNDARY_BUCKET + 1, ), 8)}
+    # flash-attn's own path keeps the exact boundaries
+    exact = packed_attention_kwargs(data, 'flash_attention_2')
+    assert exact['cu_seq_lens_q'].tolist() == [0, 8] and exact['max_length_q'] == 8
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_a_model_switched_to_varlen_runs_unpacked_batches_like_sdpa(tiny_llama_dir, padded):
+    # What SupervisedFinetune does on a GPU, checked here for the batches that never reach the
+    # varlen kernel: a row without padding gets no mask at all (causal SDPA), a padded batch
+    # (generation) SDPA's padding mask; both must equal the untouched SDPA model.
+    from transformers import AutoModelForCausalLM
+    from xft.model.packed_attention import VARLEN_ATTENTION_NAME, choose_packed_attention
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='sdpa')
+    switched = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='sdpa')
+    assert choose_packed_attention(switched, available=True) == VARLEN_ATTENTION_NAME
+    assert switched.config._attn_implementation == VARLEN_ATTENTION_NAME
+    ids = torch.tensor([[1, 7, 8, 9, 10], [0, 0, 1, 5, 6]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]) if padded else None
+    rows = slice(None) if padded else slice(0, 1)
+    kwargs = {'input_ids': ids[rows]}
+    if padded:
+        kwargs['attention_mask'] = mask
+    with torch.no_grad():
+        expected = reference(**kwargs).logits
+        got = switched(**kwargs).logits
+    keep = mask.bool() if padded else torch.ones(1, 5, dtype=torch.bool)
+    torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_only_sdpa_models_are_switched_and_only_where_the_kernel_runs(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+    from xft.model.packed_attention import choose_packed_attention
+    eager = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='eager')
+    assert choose_packed_attention(eager, available=True) == 'eager'
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='sdpa')
+    assert choose_packed_attention(sdpa, available=False) == 'sdpa'
+    if not torch.cuda.is_available():  # the real check: no CUDA, no switch
+        assert choose_packed_attention(sdpa) == 'sdpa'

@@ -34,7 +34,8 @@ def test_epochs_reshuffle():
 
 def test_round_up_repeats_to_fill_the_last_batch():
     sampler = LengthGroupedSampler(Rows([3, 1, 2, 5, 4]), per_device_batch_size=4, seed=0)
-    assert len(list(sampler)) == 8
+    order = list(sampler)
+    assert len(order) == 8 and set(order) == set(range(5))
 
 
 def test_reads_the_length_column_of_a_processed_dataset(tiny_tokenizer, tmp_path):
@@ -45,7 +46,10 @@ def test_reads_the_length_column_of_a_processed_dataset(tiny_tokenizer, tmp_path
                                 for i in range(1, 9)]))
     data = process_hf_dataset(path, tiny_tokenizer, 64, pack_to_max_length=False)
     sampler = LengthGroupedSampler(data, per_device_batch_size=2, seed=0)
-    assert sorted(sampler) == list(range(8))
+    order = list(sampler)
+    assert sorted(order) == list(range(8))
+    # The lengths it grouped by are the dataset's own: the longest row comes first.
+    assert data['length'][order[0]] == max(data['length']) > min(data['length'])
 
 
 def test_missing_length_is_a_config_error():

@@ -101,19 +101,13 @@ def tiny_chatml_tokenizer(tiny_tokenizer):
     return tokenizer
 
 
-def smollm2_tokenizer_if_prepared():
-    from xft.tools.prepare_demo_model import demo_model_path, is_prepared
-    folder = demo_model_path()
-    if not is_prepared(folder):
-        return []
-    return [str(folder)]
-
-
-@pytest.mark.parametrize('source', ['tiny ChatML jinja'] + smollm2_tokenizer_if_prepared())
+@pytest.mark.parametrize('source', ['tiny ChatML jinja', pytest.param('SmolLM2', marks=pytest.mark.slow)])
 def test_chatml_template_and_the_jinja_chat_template_give_identical_ids(source, tiny_tokenizer):
     from transformers import AutoTokenizer
+
+    from xft.tools.prepare_demo_model import prepare_demo_model
     tokenizer = tiny_chatml_tokenizer(tiny_tokenizer) if source == 'tiny ChatML jinja' else \
-        AutoTokenizer.from_pretrained(source)
+        AutoTokenizer.from_pretrained(str(prepare_demo_model(log=lambda message: None)))
     conversation = normalize_conversation(CONVERSATION, 'test', allow_empty=False)
     templated = template_map_fn({'conversation': conversation}, PROMPT_TEMPLATE.chatml)
     ours = encode_conversation(templated['conversation'], tokenizer, 4096)

@@ -115,7 +115,7 @@ def test_shipped_data_is_in_conversation_format(name, min_rows):
     rows = _rows(name)
     assert len(rows) >= min_rows
     for index, row in enumerate(rows):
-        assert list(row) == ['conversation'], f'{name} row {index}'
+        assert list(row) == ['conversation'] and row['conversation'], f'{name} row {index}'
         for turn in row['conversation']:
             assert set(turn) == {'input', 'output'}, f'{name} row {index}'
             assert turn['input'].strip() and turn['output'].strip(), f'{name} row {index}'

@@ -1,17 +1,17 @@
 """The demo config trains SmolLM2-135M-Instruct (4-bit QLoRA) to a new identity on CPU.
 
-The slowest test of the suite, on purpose: it is `make demo`'s training step exactly as a
-user runs it, judged by the answers EvaluateChatHook records before and after training.
+The slowest test of the suite, on purpose: it is `make demo`'s training step, the shipped
+config unedited, judged by the answers EvaluateChatHook records before and after training.
+It runs in this process through tools/train.py's own functions (no Python start).
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+import pytest
+from helpers.paths import REPO
+from helpers.training import train_in_process
 
 from xft.tools.prepare_demo_model import prepare_demo_model
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'configs' / 'smollm2_135m_qlora_self_cognition.py'
 
 
@@ -23,14 +23,11 @@ def final_answers(work_dir):
     return first, {r['input']: r['answer'] for r in records if r['iter'] == last}, last
 
 
+@pytest.mark.slow
 def test_demo_config_changes_the_stated_identity_and_keeps_the_general_answer(tmp_path):
     prepare_demo_model(log=lambda message: None)
     work_dir = tmp_path / 'demo'
-    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
-    result = subprocess.run([sys.executable, str(REPO / 'tools' / 'train.py'), str(CONFIG),
-                             '--work-dir', str(work_dir)], capture_output=True, text=True, env=env,
-                            timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(CONFIG, '--work-dir', work_dir)
     before, after, last_iter = final_answers(work_dir)
     assert last_iter == 32
     assert 'Lumi' not in before['Who are you?']

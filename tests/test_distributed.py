@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import torch
-from conftest_faults import logged_losses, run_train, train_env, write_config
+from helpers.paths import ALPACA_SUBSET
+from helpers.training import logged_losses, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs, use_deepspeed
@@ -32,13 +33,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope='module')
-def one_process_run(tmp_path_factory, tiny_llama_dir, shared_data):
-    """The one-process reference: 12 micro-batches of one sample, two per optimizer step."""
+def one_process_run(tmp_path_factory, tiny_llama_dir):
+    """The one-process reference: 12 micro-batches of one sample, two per optimizer step
+    (trained in this process; the distributed runs below are the ones that need processes)."""
     folder = tmp_path_factory.mktemp('distributed')
-    config = write_config(folder, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
+    config = write_tiny_config(folder, tiny_llama_dir, ALPACA_SUBSET)
     work_dir = folder / 'single'
-    run_train(config, '--work-dir', work_dir, '--cfg-options', *COMMON,
-              'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
+    train_in_process(config, '--work-dir', work_dir, '--cfg-options', *COMMON,
+                     'optim_wrapper.accumulative_counts=2', 'train_cfg.max_iters=12')
     return config, work_dir, logged_losses(work_dir)
 
 

@@ -1,8 +1,11 @@
 """Runs that meet real faults: a signal (SIGTERM, SIGINT), a SIGKILL while a checkpoint is
 being written, a full disk (a file size limit in the child), a NaN loss from poisoned samples.
 
-Each run is a subprocess of tools/train.py on the tiny Llama; the hooks that inject the
-faults live in conftest_faults.py and run inside the training process."""
+The run that meets the fault is a subprocess of tools/train.py on the tiny Llama (the signal,
+the kill, the file size limit and the exit status are the things under test); the hooks that
+inject the faults live in helpers/faults.py and run inside the training process. A plain
+continuation (resume with no fault) runs in this process. ``reference_run`` (tests/conftest.py)
+is the uninterrupted reference schedule, trained once."""
 import json
 import re
 import resource
@@ -11,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_faults import (REFERENCE_OPTIONS, assert_same_curve, last_checkpoint, last_line,  # noqa: F401
-                             logged_losses, reference_run, run_train, write_config)
+from helpers.faults import REFERENCE_OPTIONS, assert_same_curve
+from helpers.paths import ALPACA_SUBSET
+from helpers.training import (last_checkpoint, last_line, logged_losses, run_train, train_in_process,
+                              write_tiny_config)
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.faults import PARTIAL_PREFIX, atomic_write_text, partial_path, save_failure_message
@@ -20,10 +25,10 @@ from xft.engine.nonfinite import FiniteLossGuard, NonFiniteLossError
 
 
 def test_sigterm_inside_an_accumulation_window_saves_and_resume_auto_continues_the_same_curve(
-        tmp_path, tiny_llama_dir, shared_data, reference_run):
+        tmp_path, tiny_llama_dir, reference_run):
     _, _, reference = reference_run
-    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json',
-                          hooks=[('SendSignalHook', dict(at_iter=5, signum='SIGTERM'))])
+    config = write_tiny_config(tmp_path, tiny_llama_dir, ALPACA_SUBSET,
+                               hooks=[('SendSignalHook', dict(at_iter=5, signum='SIGTERM'))])
     work_dir = tmp_path / 'run'
     stopped = run_train(config, '--work-dir', work_dir, '--cfg-options', *REFERENCE_OPTIONS, expect_rc=143)
     assert last_line(stopped.stderr) == (f'xft train: stopped by SIGTERM after iteration 5; checkpoint '
@@ -37,19 +42,18 @@ def test_sigterm_inside_an_accumulation_window_saves_and_resume_auto_continues_t
     assert (state['window_position'], state['window_size']) == (1, 2) and len(state['gradients']) == 28
 
     # The continuation drops the signal hook: the plain config, as a user re-runs it.
-    plain = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json', 'plain')
-    resumed = run_train(plain, '--work-dir', work_dir, '--resume', '--cfg-options', *REFERENCE_OPTIONS)
-    log = resumed.stdout + resumed.stderr
+    plain = write_tiny_config(tmp_path, tiny_llama_dir, ALPACA_SUBSET, name='plain')
+    log = train_in_process(plain, '--work-dir', work_dir, '--resume', '--cfg-options', *REFERENCE_OPTIONS).log
     assert (f'resumed from {work_dir}/iter_5.pth at iteration 5 of 12: weights, optimizer, schedulers, '
             'data position; random generators; the gradients of 1 of 2 micro-batches') in log
     assert_same_curve(logged_losses(work_dir), reference, range(1, 13))
 
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_for_resume_auto(
-        tmp_path, tiny_llama_dir, shared_data, reference_run):
+        tmp_path, tiny_llama_dir, reference_run):
     _, _, reference = reference_run
-    config = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json',
-                          hooks=[('KillWhileSavingHook', dict(at_iter=10))])
+    config = write_tiny_config(tmp_path, tiny_llama_dir, ALPACA_SUBSET,
+                               hooks=[('KillWhileSavingHook', dict(at_iter=10))])
     work_dir = tmp_path / 'run'
     run_train(config, '--work-dir', work_dir, '--cfg-options', *REFERENCE_OPTIONS, expect_rc=-9)
     names = sorted(path.name for path in work_dir.iterdir() if path.is_file())
@@ -58,9 +62,8 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_for_resume_au
     assert last_checkpoint(work_dir) == str(work_dir / 'iter_5.pth')
     assert len(load_checkpoint_file(work_dir / 'iter_5.pth')['state_dict']) == 28
 
-    plain = write_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json', 'plain')
-    resumed = run_train(plain, '--work-dir', work_dir, '--resume', '--cfg-options', *REFERENCE_OPTIONS)
-    log = resumed.stdout + resumed.stderr
+    plain = write_tiny_config(tmp_path, tiny_llama_dir, ALPACA_SUBSET, name='plain')
+    log = train_in_process(plain, '--work-dir', work_dir, '--resume', '--cfg-options', *REFERENCE_OPTIONS).log
     assert f'Removed unfinished checkpoint writes left by a killed run: {PARTIAL_PREFIX}iter_10.pth' in log
     assert f'resumed from {work_dir}/iter_5.pth at iteration 5 of 12' in log
     assert_same_curve(logged_losses(work_dir), reference, range(6, 13))
@@ -96,10 +99,11 @@ def test_a_full_disk_during_a_save_gives_one_line_and_keeps_the_last_good_checkp
 
 @pytest.fixture
 def poisoned_data(tmp_path, shared_data):
-    """8 alpaca rows; row 3 carries the marker token ``<pad>`` (id 3; collate pads with id 0)
-    that PoisonMarkedSamplesHook poisons."""
-    rows = json.loads((shared_data / 'alpaca' / 'alpaca_data_subset.json').read_text())[:8]
-    rows[3] = dict(rows[3], instruction='<pad> ' + rows[3]['instruction'])
+    """8 alpaca rows; row 2 carries the marker token ``<pad>`` (id 3; collate pads with id 0)
+    that PoisonMarkedSamplesHook poisons. The config's seed (42) orders the rows 6 3 | 0 7 | 2 1
+    | 4 5: the marked row comes in iteration 3, after two iterations that train normally."""
+    rows = json.loads(ALPACA_SUBSET.read_text())[:8]
+    rows[2] = dict(rows[2], instruction='<pad> ' + rows[2]['instruction'])
     path = tmp_path / 'poisoned.json'
     path.write_text(json.dumps(rows))
     return path
@@ -121,8 +125,8 @@ NAN_OPTIONS = ('train_cfg.max_iters=8', 'log_processor.window_size=1', 'default_
 
 
 def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_sample(tmp_path, tiny_llama_dir, poisoned_data):
-    config = write_config(tmp_path, tiny_llama_dir, poisoned_data, hooks=[('PoisonMarkedSamplesHook',
-                                                                           dict(token_id=MARKER_ID))])
+    config = write_tiny_config(tmp_path, tiny_llama_dir, poisoned_data,
+                               hooks=[('PoisonMarkedSamplesHook', dict(token_id=MARKER_ID))])
     work_dir = tmp_path / 'run'
     result = run_train(config, '--work-dir', work_dir, '--cfg-options', *NAN_OPTIONS, expect_rc=2)
     message = last_line(result.stderr)
@@ -135,12 +139,12 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_sample(tmp_path, 
     assert 'Traceback' not in result.stderr
     # Stopped before training on it: every logged loss before that iteration is finite.
     losses = logged_losses(work_dir)
-    assert sorted(losses) == list(range(1, iteration)) and all(map(torch.isfinite, torch.tensor(
-        list(losses.values()) or [0.0])))
+    assert iteration == 3 and sorted(losses) == [1, 2]
+    assert bool(torch.isfinite(torch.tensor(list(losses.values()))).all())
 
 
 def test_skip_mode_drops_nan_steps_and_sigint_saves_and_exits(tmp_path, tiny_llama_dir, poisoned_data):
-    config = write_config(tmp_path, tiny_llama_dir, poisoned_data, hooks=[
+    config = write_tiny_config(tmp_path, tiny_llama_dir, poisoned_data, hooks=[
         ('PoisonMarkedSamplesHook', dict(token_id=MARKER_ID)), ('SendSignalHook', dict(at_iter=6, signum='SIGINT'))])
     work_dir = tmp_path / 'run'
     result = run_train(config, '--work-dir', work_dir, '--cfg-options', *NAN_OPTIONS,

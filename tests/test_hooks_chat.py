@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest_convert import (build_model_from_config, chatml_samples, run_toy_training,
+from helpers.convert import (build_model_from_config, chatml_samples, run_toy_training,
                               write_config)
 from mmengine.logging import MMLogger
 
@@ -49,6 +49,7 @@ def fake_runner(model, work_dir, iteration=0):
 
 def test_hook_prompts_are_the_training_format(tiny_tokenizer):
     hook = make_hook(tiny_tokenizer)
+    assert len(hook.prompts) == len(INPUTS)
     for text, prompt in zip(INPUTS, hook.prompts):
         assert prompt == encode_for_generation([], text, 'chatml', tiny_tokenizer, system=SYSTEM)
     assert '<|im_end|>' in hook.stop_words and tiny_tokenizer.eos_token in hook.stop_words

@@ -81,8 +81,41 @@ def test_a_new_shape_gets_its_own_signature_and_too_many_run_eagerly(tiny_llama_
     assert family.replays == 4 and len(family.signatures) == 1
 
 
-def test_dropout_keeps_the_eager_checkpointer(tiny_llama_dir):
+def test_adapter_dropout_replays_like_the_eager_checkpointer(tiny_llama_dir):
+    """lora_dropout > 0: the fused layers' masks come from a seed tensor the recorded passes
+    read, so the graphs run and train exactly like the eager checkpointer."""
+    eager, graphed = lora_llama(tiny_llama_dir, dropout=0.1), lora_llama(tiny_llama_dir, dropout=0.1)
+    apply_fast_path(eager)
+    family = GraphFamily(warmup=1, graph_type=EagerReplay, force=True)
+    apply_fast_path(graphed, cuda_graphs=family)
+    data = batches(eager.config.vocab_size, 6)
+    torch.manual_seed(3)  # the dropout seeds are drawn from torch's generator
+    ref_losses, ref_grads = train(eager, data, accumulate=2)
+    torch.manual_seed(3)
+    losses, grads = train(graphed, data, accumulate=2)
+    assert family.replays == 2 * (6 - 1) * 2
+    torch.testing.assert_close(losses, ref_losses, atol=1e-6, rtol=1e-6)
+    for g, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-5)
+    # The control: other dropout seeds give other losses, so the equality above means the
+    # graphs replayed the masks, not that dropout did nothing.
+    torch.manual_seed(4)
+    other, _ = train(lora_llama_fast(tiny_llama_dir), data, accumulate=2)
+    assert (other - ref_losses).abs().max() > 1e-4
+
+
+def lora_llama_fast(path):
+    model = lora_llama(path, dropout=0.1)
+    apply_fast_path(model)
+    return model
+
+
+def test_other_dropout_keeps_the_eager_checkpointer(tiny_llama_dir):
+    """Attention dropout draws from torch's generator: a recorded pass can't replay it."""
     model = lora_llama(tiny_llama_dir, dropout=0.1)
+    for module in model.modules():
+        if hasattr(module, 'attention_dropout'):
+            module.attention_dropout = 0.1
     family = GraphFamily(warmup=0, graph_type=EagerReplay, force=True)
     apply_fast_path(model, cuda_graphs=family)
     ids = torch.randint(0, model.config.vocab_size, (1, 10))

@@ -6,6 +6,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from xft.model.kernels import FusedLoRALinear, lora_linear, restore_modules, swap_modules
+from xft.model.kernels.dropout import AdapterDropout, DropoutSeed
 
 
 class TwoLinear(nn.Module):
@@ -74,10 +75,12 @@ def test_dropout_layers_match_peft_in_eval_and_have_exact_grads_in_training():
     base = nn.Linear(6, 4).double()
     for p in base.parameters():
         p.requires_grad_(False)
+    seed = DropoutSeed()
+    seed.advance()
+    dropout = AdapterDropout(0.4, seed, salt=5)
 
-    def seeded(inp, a, b):  # the same mask on every call, as recomputation replays it
-        torch.manual_seed(0)
-        return lora_linear(inp, a, b, base, 0.7, 0.4)
+    def seeded(inp, a, b):  # the mask is a function of the seed: backward regenerates it
+        return lora_linear(inp, a, b, base, 0.7, dropout)
 
     inputs = (torch.randn(5, 6, dtype=torch.float64, requires_grad=True),
               torch.randn(3, 6, dtype=torch.float64, requires_grad=True),

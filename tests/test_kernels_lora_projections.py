@@ -45,7 +45,7 @@ def fused_forward(model, x):
     layers = [getattr(model.base_model.model, n) for n in WIDTHS]
     parts = [lora_parts(layer) for layer in layers]
     adapters = [(l.lora_A['default'].weight, l.lora_B['default'].weight) for l in layers]
-    return lora_projections(x, adapters, [l.base_layer for l in layers], [s for _, s in parts])
+    return lora_projections(x, adapters, [l.base_layer for l in layers], [p.scaling for p in parts])
 
 
 def run(forward, model, x, autocast):
@@ -77,16 +77,16 @@ def test_matches_three_peft_layers(four_bit, autocast, tol):
         close(g[name], g_ref[name], tol, name)
 
 
-def test_lora_parts_accepts_peft_and_fused_layers_without_dropout():
+def test_lora_parts_accepts_peft_and_fused_layers_with_and_without_dropout():
     layer = peft_projections().base_model.model.k
-    assert lora_parts(layer) == ('default', 4.0)  # lora_alpha 8 / rank 2 (rank_pattern)
-    assert lora_parts(FusedLoRALinear.from_module(layer)) == ('default', layer.scaling['default'])
-    assert lora_parts(peft_projections(dropout=0.1).base_model.model.k) is None
+    assert lora_parts(layer) == ('default', 4.0, 0.0)  # lora_alpha 8 / rank 2 (rank_pattern)
+    assert lora_parts(FusedLoRALinear.from_module(layer)) == ('default', layer.scaling['default'], 0.0)
+    assert lora_parts(peft_projections(dropout=0.1).base_model.model.k) == ('default', 4.0, 0.1)
 
 
 @pytest.mark.parametrize('targets,dropout,fused', [(['q_proj', 'k_proj', 'v_proj'], 0.0, True),
                                                    (['q_proj', 'v_proj'], 0.0, False),
-                                                   (['q_proj', 'k_proj', 'v_proj'], 0.1, False)])
+                                                   (['q_proj', 'k_proj', 'v_proj'], 0.1, True)])
 def test_attention_fuses_qkv_only_when_all_three_qualify(targets, dropout, fused):
     cfg = LlamaConfig(hidden_size=HIDDEN, num_attention_heads=3, num_key_value_heads=1,
                       intermediate_size=8)

@@ -132,6 +132,8 @@ def test_loss_curve_hook_without_logged_iterations_warns_instead_of_failing(tmp_
     runner = toy_runner(tmp_path / 'quiet', [LossCurveHook(filename='curve.png')], logger_interval=None)
     runner.train()
     assert not (tmp_path / 'quiet' / 'curve.png').exists()
+    log = (Path(runner.log_dir) / f'{runner.timestamp}.log').read_text()
+    assert 'LossCurveHook: no logged iterations in' in log and 'no loss curve written' in log
 
 
 # --------------------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def test_use_tensorboard_true_in_a_zoo_config_fails_in_one_line_before_loading_t
         tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    from conftest_zoo import swap_part1
+    from helpers.zoo import swap_part1
     from xft import cli
 
     real_find_spec = importlib.util.find_spec

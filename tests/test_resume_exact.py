@@ -1,12 +1,15 @@
 """Exact resume: what an xft checkpoint holds beyond mmengine's, that it loads without
 unpickling objects, and that without it a resume inside an accumulation window would change
-the curve (the control for the equality tests in test_faults.py)."""
+the curve (the control for the equality tests in test_faults.py).
+
+``reference_run`` (tests/conftest.py) is the uninterrupted reference schedule, trained once."""
 import random
 
 import numpy as np
 import pytest
 import torch
-from conftest_faults import REFERENCE_OPTIONS, logged_losses, reference_run, run_train  # noqa: F401
+from helpers.faults import REFERENCE_OPTIONS
+from helpers.training import logged_losses, train_in_process
 from mmengine.logging import HistoryBuffer
 
 from xft.engine.checkpoint import load_checkpoint_file
@@ -39,8 +42,8 @@ def test_without_the_saved_state_a_resume_inside_a_window_changes_the_curve(tmp_
     stripped = tmp_path / 'iter_5_mmengine_only.pth'
     torch.save(checkpoint, stripped)
     resumed_dir = tmp_path / 'resumed'
-    result = run_train(config, '--work-dir', resumed_dir, '--resume', stripped, '--cfg-options', *REFERENCE_OPTIONS)
-    assert 'no RNG or accumulation state in this checkpoint: an older format' in result.stdout + result.stderr
+    run = train_in_process(config, '--work-dir', resumed_dir, '--resume', stripped, '--cfg-options', *REFERENCE_OPTIONS)
+    assert 'no RNG or accumulation state in this checkpoint: an older format' in run.log
     resumed = logged_losses(resumed_dir)
     assert sorted(resumed) == list(range(6, 13))
     drift = max(abs(resumed[i] - reference[i]) for i in range(6, 13))

@@ -23,7 +23,8 @@ VERBS = {
     'copy-cfg': ('xft.tools.cfg_tools', 'copy_cfg_main', 'copy a zoo config to edit: copy-cfg NAME DIR'),
     'train': ('xft.tools.train', 'main',
               'train a config (--max-iters N: a trial run; NPROC_PER_NODE=N: N GPUs/processes)'),
-    'convert': (None, None, 'convert pth_to_hf CONFIG PTH OUT | convert merge BASE ADAPTER OUT'),
+    'convert': (None, None, 'convert pth_to_hf CONFIG PTH OUT | convert merge BASE ADAPTER OUT'
+                            ' | convert gguf MODEL OUT.gguf'),
     'chat': ('xft.tools.chat', 'main', 'chat with a model (--adapter, --bits 4, --prompt-template)'),
     'check-custom-dataset': ('xft.tools.dataset_tools', 'check_custom_dataset_main',
                              "check a config's data: every row maps, encodes and trains"),
@@ -40,6 +41,8 @@ VERBS = {
 CONVERT_VERBS = {
     'pth_to_hf': ('xft.tools.pth_to_hf', 'main', 'a training checkpoint -> PEFT adapter or HF model'),
     'merge': ('xft.tools.merge', 'main', 'fold a LoRA adapter into its base model'),
+    'gguf': ('xft.tools.convert_gguf', 'main',
+             'a model folder (or base + --adapter) -> one GGUF file for llama.cpp / Ollama'),
 }
 
 # Environment variables XTuner users set for multi-process training (torchrun's arguments).
@@ -58,10 +61,10 @@ def print_help() -> None:
 
 
 def print_convert_help() -> None:
-    print('usage: xft convert {pth_to_hf,merge} ARGS...\n')
+    print('usage: xft convert {pth_to_hf,merge,gguf} ARGS...\n')
     for verb, (_, _, text) in CONVERT_VERBS.items():
         print(f'  {verb:12s}{text}')
-    print('\nRun `xft convert pth_to_hf --help` or `xft convert merge --help` for the arguments.')
+    print('\nRun `xft convert pth_to_hf --help` (or merge, gguf) for the arguments.')
 
 
 def load_verb(verb: str, module_name: str, function_name: str):

@@ -20,10 +20,8 @@ DEFAULT_KEYS = ('loss', 'lr')
 
 
 def find_scalar_files(path, all_runs=False) -> list:
-    """The scalars.json files of a work dir (newest run last), or ``[path]`` for a file.
-
-    >>> find_scalar_files('work_dirs/llama2_7b_chat_qlora_alpaca_e3')  # doctest: +SKIP
-    [PosixPath('work_dirs/llama2_7b_chat_qlora_alpaca_e3/20261129_170105/vis_data/scalars.json')]
+    """The scalars.json files of a work dir (newest run last), or ``[path]`` for a file: for
+    ``work_dirs/NAME`` that is ``[work_dirs/NAME/20261129_170105/vis_data/scalars.json]``.
     """
     path = Path(path)
     if path.is_file():

@@ -3,12 +3,16 @@ import collections
 import logging
 
 import torch
+from mmengine.dist import get_world_size
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
 from xft.engine.schedulers import drop_empty_schedulers
 from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLossError
+from xft.engine.token_weighting import (LOSS_NORMALIZATIONS, StepWindows, TokenWeightedOptimWrapper,
+                                        accumulation_of)
+from xft.parallel.sequence import check_sequence_parallel_size
 from xft.utils.errors import ConfigError
 
 # The custom hook point called once a resumed run's dataloader stands where the saved run
@@ -114,16 +118,26 @@ class TrainLoop(IterBasedTrainLoop):
     logging and schedulers count iterations whichever way the config is written.
     ``nonfinite_loss`` says what a NaN/inf loss does: ``'stop'`` (default) or ``'skip'``
     (drop its accumulation window); see ``xft.engine.nonfinite``.
+    ``loss_normalization`` says what an optimizer step's loss is: ``'step_tokens'`` (default)
+    the mean over every trained token of the step, across gradient accumulation and ranks
+    (``xft.engine.token_weighting``); ``'micro_batch'`` the mean of per-micro-batch means
+    (XTuner 0.1.x, to reproduce its curves).
 
     Example: ``train_cfg = dict(type=TrainLoop, max_epochs=3, nonfinite_loss='skip')``
     """
 
-    def __init__(self, runner, dataloader, max_iters=None, max_epochs=None, nonfinite_loss='stop', **kwargs):
+    def __init__(self, runner, dataloader, max_iters=None, max_epochs=None, nonfinite_loss='stop',
+                 loss_normalization='step_tokens', **kwargs):
         if (max_iters is None) == (max_epochs is None):
             raise ConfigError('train_cfg: give exactly one of max_iters or max_epochs')
         if nonfinite_loss not in NONFINITE_POLICIES:
             raise ConfigError(f'train_cfg.nonfinite_loss: expected one of {", ".join(NONFINITE_POLICIES)}, '
                               f'got {nonfinite_loss!r}')
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ConfigError(f'train_cfg.loss_normalization: expected one of {", ".join(LOSS_NORMALIZATIONS)}, '
+                              f'got {loss_normalization!r}')
+        # XTuner's configs declare it in PART 1; its sampler import alone is fine at size 1.
+        check_sequence_parallel_size(getattr(runner, 'cfg', {}).get('sequence_parallel_size', 1))
         if max_epochs is not None:
             runner_dataloader = runner.build_dataloader(dataloader) if isinstance(dataloader, dict) else dataloader
             iters_per_epoch = len(runner_dataloader)
@@ -136,23 +150,29 @@ class TrainLoop(IterBasedTrainLoop):
         super().__init__(runner=runner, dataloader=dataloader, max_iters=max_iters, **kwargs)
         drop_empty_schedulers(runner.param_schedulers, len(self.dataloader))
         self.nonfinite_loss = nonfinite_loss
+        self.loss_normalization = loss_normalization
         self.dataloader_iterator = _EndlessBatches(self.dataloader)
         self._guard = None
+        self._guarded = None
+        self._weighting = None
+        self._windows = None  # built in run(): the window size comes from the optimizer wrapper
+        self._micro_batch = None
 
     def run(self):
         """mmengine's iteration loop, plus a hook point once a resumed run's data is advanced."""
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
+        self._windows = StepWindows(self.dataloader_iterator, accumulation_of(self.runner.optim_wrapper),
+                                    self._max_iters)
         if self._iter > 0:
             print_log(f'Resuming at iteration {self._iter} of {self._max_iters}: advancing the dataloader '
                       f'past the {self._iter} batches already trained on', logger='current')
-            for _ in range(self._iter):
-                next(self.dataloader_iterator)
+            self._windows.skip(self._iter)
             self.runner.call_hook(RESUMED_HOOK_POINT)
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
-            data_batch = next(self.dataloader_iterator)
-            self.run_iter(data_batch)
+            self._micro_batch = self._windows.next(self._iter)
+            self.run_iter(self._micro_batch.data)
             self._decide_current_val_interval()
             if (self.runner.val_loop is not None and self._iter >= self.val_begin
                     and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
@@ -162,12 +182,20 @@ class TrainLoop(IterBasedTrainLoop):
         return self.runner.model
 
     def _loss_guard(self) -> FiniteLossGuard:
-        if self._guard is None or self._guard._wrapper is not self.runner.optim_wrapper:
-            if self.nonfinite_loss == 'skip' and not hasattr(self.runner.optim_wrapper, 'should_update'):
+        """The optimizer wrapper train_step gets: the NaN guard, in front of the token weighting
+        (with 'step_tokens'), in front of the runner's wrapper."""
+        wrapper = self.runner.optim_wrapper
+        if self._guard is None or self._guarded is not wrapper:
+            if self.nonfinite_loss == 'skip' and not hasattr(wrapper, 'should_update'):
                 raise ConfigError("train_cfg.nonfinite_loss='skip' needs mmengine's OptimWrapper; under "
                                   "DeepSpeed use 'stop' (DeepSpeed steps by itself)")
-            self._guard = FiniteLossGuard(self.runner.optim_wrapper, self._bare_model().parameters(),
-                                          self.nonfinite_loss)
+            self._guarded = wrapper
+            self._weighting = None
+            if self.loss_normalization == 'step_tokens':
+                # Under DDP or ZeRO the ranks' gradients are averaged; elsewhere there is one rank.
+                ranks = get_world_size() if is_model_wrapper(self.runner.model) else 1
+                self._weighting = wrapper = TokenWeightedOptimWrapper(wrapper, ranks)
+            self._guard = FiniteLossGuard(wrapper, self._bare_model().parameters(), self.nonfinite_loss)
         return self._guard
 
     def _bare_model(self):
@@ -176,6 +204,12 @@ class TrainLoop(IterBasedTrainLoop):
     def run_iter(self, data_batch) -> None:
         self.runner.call_hook('before_train_iter', batch_idx=self._iter, data_batch=data_batch)
         guard = self._loss_guard()
+        if self._weighting is not None:
+            micro_batch = self._micro_batch
+            if micro_batch is None or micro_batch.data is not data_batch:
+                raise RuntimeError('TrainLoop.run_iter: batch not handed out by the loop; its step '
+                                   'token count is unknown')
+            self._weighting.set_micro_batch(micro_batch.n_tokens, micro_batch.step_tokens)
         skipped = guard.skipped_windows
         try:
             outputs = self.runner.model.train_step(data_batch, optim_wrapper=guard)
@@ -191,7 +225,8 @@ class TrainLoop(IterBasedTrainLoop):
     def _describe_nonfinite(self, value, data_batch) -> str:
         """'iteration 7: loss is nan; dataset rows [12] (of batch rows [12, 40]) give it'."""
         where = f'iteration {self._iter + 1}: loss is {value}'
-        indices = self.dataloader_iterator.last_indices
+        # The loop reads a window's batches ahead: the iterator's last indices may be later ones.
+        indices = self._micro_batch.indices if self._micro_batch is not None else None
         bad_rows = self._nonfinite_rows(data_batch)
         if indices is None:
             rows = 'all' if bad_rows is None else bad_rows

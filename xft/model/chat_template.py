@@ -17,12 +17,18 @@ deepseek_v2, cohere_chat and llama3_chat differ where a newline or space ends on
 the next begins with one. xft's own chat and hooks therefore encode with the training encoder,
 never with this jinja.
 
-Example::
+Example (a tokenizer with no vocabulary renders text all the same)::
 
-    >>> tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)  # its BOS is <|im_start|>
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from xft.utils import PROMPT_TEMPLATE
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token='<s>')
     >>> tokenizer.chat_template = chat_template_jinja(PROMPT_TEMPLATE.chatml)
     >>> tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hi'}], tokenize=False)
-    '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
+    '<s><|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> tokenizer.bos_token = '<|im_start|>'  # SmolLM2's BOS opens the text already: not doubled
+    >>> tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hi'}], tokenize=False)
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
 """
 import json
 import string
@@ -124,26 +130,42 @@ def stop_token_ids(template, tokenizer):
     return ids
 
 
-def add_stop_tokens_to_generation_config(save_dir, template, tokenizer):
+def _read_generation_config(folder):
+    from transformers import GenerationConfig
+    try:
+        return GenerationConfig.from_pretrained(str(folder))
+    except OSError:  # the folder holds none
+        return None
+
+
+def add_stop_tokens_to_generation_config(save_dir, template, tokenizer, base=None):
     """Make ``generate()`` of a saved model stop where the training template ends a reply.
 
     Tools that know only the model folder (transformers pipelines, vLLM, TGI) stop at
     ``generation_config.eos_token_id``; when a template ends replies with its own token
     (internlm2_chat's ``<|im_end|>`` while the tokenizer's EOS is ``</s>``) they would run on
-    past the answer. Rewrites ``generation_config.json`` in ``save_dir``; returns the eos ids.
+    past the answer. Rewrites ``generation_config.json`` in ``save_dir`` (an adapter folder has
+    none: it starts from ``base``'s, the model the adapter applies to), also filling in the
+    tokenizer's pad id when the config names none. Returns the eos ids.
     """
     from transformers import GenerationConfig
-    try:
-        config = GenerationConfig.from_pretrained(str(save_dir))
-    except OSError:  # the model saved none
-        config = GenerationConfig()
+    config = _read_generation_config(save_dir)
+    if config is None and base is not None:
+        config = _read_generation_config(base)
+    config = config or GenerationConfig()
     current = config.eos_token_id
     current = ([] if current is None else
                list(current) if isinstance(current, (list, tuple)) else [current])
     if not current and tokenizer.eos_token_id is not None:
         current = [tokenizer.eos_token_id]
     wanted = list(dict.fromkeys(current + stop_token_ids(template, tokenizer)))
+    changed = False
     if wanted and wanted != current:
         config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
+        changed = True
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+        changed = True
+    if changed or not (Path(save_dir) / 'generation_config.json').is_file():
         config.save_pretrained(str(save_dir))
     return wanted

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from xft.model.lora import build_lora_config
+from xft.model.vocab import train_new_rows
 from xft.registry import build_nested
 from xft.utils.errors import ConfigError, UserError
 
@@ -39,7 +40,8 @@ CHECKPOINT_LLM_PREFIX = 'llm.'
 # The training config saved beside every export (and copied by merge): it says how the
 # weights were made, and chat reads its prompt_template from it.
 TRAINING_CONFIG_FILENAME = 'xft_config.py'
-LORA_KEY_MARKERS = ('.lora_A.', '.lora_B.', '.lora_embedding_A.', '.lora_magnitude_vector.')
+LORA_KEY_MARKERS = ('.lora_A.', '.lora_B.', '.lora_embedding_A.', '.lora_magnitude_vector.',
+                    '.trainable_tokens_delta.')
 # XTuner's pth_to_hf saved fp16 unless --fp32; a config that names its dtype wins over that.
 DEFAULT_EXPORT_DTYPE = torch.float16
 
@@ -124,6 +126,20 @@ def build_meta_llm(source):
     return model
 
 
+def grow_meta_to_training_vocab(cfg, meta_model):
+    """Give the meta model the embedding rows training gave it (``model.tokenizer`` with more
+    tokens than the base has rows; ``xft.model.vocab``). ``(old, new)`` rows, or None."""
+    from xft.model.vocab import embedding_rows_for, grow_embeddings, tokenizer_length
+
+    tokenizer = cfg.model.get('tokenizer')
+    if tokenizer is None:
+        return None
+    rows = embedding_rows_for(tokenizer_length(tokenizer), meta_model.get_input_embeddings().weight.shape[0])
+    if rows is None:
+        return None
+    return grow_embeddings(meta_model, rows), rows
+
+
 def build_adapter_config(cfg, meta_model, base_path):
     """The ``LoraConfig`` training used, built by the same function training calls."""
     lora_cfg = cfg.model.get('lora')
@@ -170,13 +186,18 @@ def export_adapter(cfg, state_dict, save_dir, dtype=None, safe_serialization=Tru
 
     source = llm_source(cfg)
     meta_model = build_meta_llm(source)
+    grown = grow_meta_to_training_vocab(cfg, meta_model)
     lora_config = build_adapter_config(cfg, meta_model, source.path)
+    if grown is not None:
+        lora_config = train_new_rows(lora_config, meta_model, *grown)
     peft_model = get_peft_model(meta_model, lora_config)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                for k, v in state_dict.items()}
     _assign_checked(peft_model, tensors, 'LoRA adapter',
                     wanted=lambda key: any(marker in key for marker in LORA_KEY_MARKERS))
-    peft_model.save_pretrained(str(save_dir), safe_serialization=safe_serialization)
+    # The meta model's frozen embeddings hold no values: only adapter weights are saved.
+    peft_model.save_pretrained(str(save_dir), safe_serialization=safe_serialization,
+                               save_embedding_layers=False)
     return Path(save_dir)
 
 
@@ -185,6 +206,7 @@ def export_full_model(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB
     """Write a full HF model folder from a full fine-tune's (prefix-stripped) state dict."""
     source = llm_source(cfg)
     model = build_meta_llm(source)
+    grow_meta_to_training_vocab(cfg, model)
     target_dtype = dtype or source.dtype or DEFAULT_EXPORT_DTYPE
     tensors = {k: (v.to(target_dtype) if v.is_floating_point() else v)
                for k, v in state_dict.items()}
@@ -238,3 +260,32 @@ def read_training_template(folder):
     if not template:
         return None
     return dict(template) if isinstance(template, dict) else template
+
+
+def export_weights(cfg, state_dict, save_dir, dtype=None, max_shard_size='2GB', safe_serialization=True):
+    """Write a (prefix-stripped) trained state dict as a PEFT adapter (LoRA weights) or a full
+    model folder. Returns True for an adapter. pth_to_hf and ``HFCheckpointHook`` write through it."""
+    if is_lora_state_dict(state_dict):
+        export_adapter(cfg, state_dict, save_dir, dtype=dtype, safe_serialization=safe_serialization)
+        return True
+    export_full_model(cfg, state_dict, save_dir, dtype=dtype, max_shard_size=max_shard_size,
+                      safe_serialization=safe_serialization)
+    return False
+
+
+def save_tokenizer_and_config(cfg, save_dir, lora):
+    """Beside the weights: the config's tokenizer (with a chat_template rendering its prompt
+    template, when there is one) and the training config itself."""
+    from xft.model.chat_template import (add_stop_tokens_to_generation_config,
+                                         save_tokenizer_with_chat_template)
+
+    if cfg.get('tokenizer') is not None:
+        tokenizer = build_nested(dict(cfg.tokenizer))
+        template = cfg.get('prompt_template')
+        wrote = save_tokenizer_with_chat_template(tokenizer, template, save_dir)
+        if template is not None and not wrote:
+            print('      (the prompt template defers to the tokenizer\'s own chat_template)')
+        if template is not None:   # an adapter's starts from its base model's
+            add_stop_tokens_to_generation_config(
+                save_dir, template, tokenizer, base=llm_source(cfg).path if lora else None)
+    save_config_beside(cfg, save_dir)

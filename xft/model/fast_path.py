@@ -15,24 +15,28 @@ What it does, each step safe on CPU (torch fallbacks where Triton/CUDA are missi
   measured 2.3x slower at 8k tokens (DESIGN.md, Performance);
 - activation checkpointing per decoder layer through `LayerCheckpointer`, with the saved
   inputs optionally parked in pinned host memory (`offload_checkpoints`);
-- LoRA layers (one active adapter, no dropout, plain or 4-bit base) become one autograd
-  function each (`FusedLoRALinear`), and a SiLU-gated MLP whose three projections are such
-  layers (without dropout) becomes one autograd function that keeps 2 x tokens x ffn for
-  backward instead of 3 (`FusedLoRAMLP`);
+- LoRA layers (one active adapter, plain or 4-bit base) become one autograd function each
+  (`FusedLoRALinear`), and a SiLU-gated MLP whose three projections are such layers becomes
+  one autograd function that keeps 2 x tokens x ffn for backward instead of 3
+  (`FusedLoRAMLP`). Adapter dropout runs inside them with counter-based masks that the
+  recomputation and CUDA graphs replay (`xft.model.kernels.dropout`): the model's
+  `DropoutSeed` advances before each training forward of the decoder (a micro-batch);
 - Llama-style RMSNorm and SiLU-gated MLP modules use fused Triton kernels, and Llama's
   attention applies RoPE with one (`FusedRoPEAttention`);
 - `causal_lm_loss` takes the loss from the final hidden states in chunks
   (`xft.model.loss.linear_cross_entropy`) and never forms the full fp32 logits.
 """
 import dataclasses
+import functools
 import importlib
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .kernels import (FusedLoRALinear, FusedLoRAMLP, FusedRMSNorm, FusedRoPEAttention,
                       FusedSwiGLUMLP, LayerCheckpointer, restore_modules, swap_modules)
+from .kernels.dropout import DropoutSeed, advance_before_each_forward
 from .kernels.graphs import GraphFamily, LayerGraphs
 from .kernels.swap import Replaced
 from .loss import DEFAULT_CHUNK_TOKENS, linear_cross_entropy
@@ -75,6 +79,8 @@ class FastPathState:
     checkpointed_layers: int = 0
     graphs: Optional[GraphFamily] = None
     recast_params: List[str] = dataclasses.field(default_factory=list)
+    dropout_seed: DropoutSeed = dataclasses.field(default_factory=DropoutSeed)
+    dropout_hook: Any = None  # the handle of the hook that advances dropout_seed
 
     def restore(self, llm: nn.Module) -> None:
         """Put back the original modules (before peft's merge or a plain HF save)."""
@@ -83,6 +89,9 @@ class FastPathState:
         for replaced in (self.mlps, self.lora_mlps, self.norms, self.attention, self.lora):
             restore_modules(llm, replaced)
         self.mlps, self.lora_mlps, self.norms, self.attention, self.lora = [], [], [], [], []
+        if self.dropout_hook is not None:
+            self.dropout_hook.remove()
+            self.dropout_hook = None
 
     def summary(self) -> str:
         return (f'fast path: {len(self.lora)} LoRA layers fused, {len(self.norms)} RMSNorms, '
@@ -90,7 +99,8 @@ class FastPathState:
                 f'{len(self.mlps)} MLPs, {len(self.lora_mlps)} LoRA MLPs, '
                 f'{self.checkpointed_layers} checkpointed layers'
                 f'{" (CUDA graphs)" if self.graphs is not None else ""}, '
-                f'{len(self.recast_params)} frozen params recast to the compute dtype')
+                f'{len(self.recast_params)} frozen params recast to the compute dtype'
+                f'{", adapter dropout with replayable masks" if self.dropout_hook is not None else ""}')
 
 
 def hf_model(llm: nn.Module) -> nn.Module:
@@ -147,6 +157,17 @@ def enable_layer_checkpointing(llm: nn.Module, offload: bool = False,
     return len(layers)
 
 
+def has_adapter_dropout(llm: nn.Module) -> bool:
+    """True if a LoRA layer of `llm` has adapter dropout (peft's `lora_dropout` > 0)."""
+    types = _lora_types()
+    for module in llm.modules():
+        if types and isinstance(module, types) or isinstance(module, FusedLoRALinear):
+            for dropout in getattr(module, 'lora_dropout', {}).values():
+                if float(getattr(dropout, 'p', 0.0) or 0.0) > 0:
+                    return True
+    return False
+
+
 def _lora_types() -> Tuple[type, ...]:
     try:
         from peft.tuners.lora import LoraLayer
@@ -183,19 +204,30 @@ def apply_fast_path(llm: nn.Module,
             state.graphs = cuda_graphs if isinstance(cuda_graphs, GraphFamily) else GraphFamily()
         state.checkpointed_layers = enable_layer_checkpointing(llm, offload_checkpoints,
                                                                offload_max_host_gib, state.graphs)
+    seed = state.dropout_seed
     if fused_lora and fused_kernels and _lora_types() and MLP_TYPES:
         # Before the LoRA swap, so from_module sees peft's layers and checks them itself;
         # the swap below then also replaces the layers inside, which FusedLoRAMLP accepts.
-        state.lora_mlps = swap_modules(llm, MLP_TYPES, FusedLoRAMLP.from_module)
+        state.lora_mlps = swap_modules(llm, MLP_TYPES,
+                                       functools.partial(FusedLoRAMLP.from_module, dropout_seed=seed))
     if fused_lora and _lora_types():
-        state.lora = swap_modules(llm, _lora_types(), FusedLoRALinear.from_module)
+        state.lora = swap_modules(llm, _lora_types(),
+                                  functools.partial(FusedLoRALinear.from_module, dropout_seed=seed))
     if fused_kernels:
         if RMSNORM_TYPES:
             state.norms = swap_modules(llm, RMSNORM_TYPES, FusedRMSNorm.from_module)
-        if MLP_TYPES:  # those FusedLoRAMLP did not take (no LoRA, dropout, ...)
+        if MLP_TYPES:  # those FusedLoRAMLP did not take (no LoRA, a bias, ...)
             state.mlps = swap_modules(llm, MLP_TYPES, FusedSwiGLUMLP.from_module)
         if ATTENTION_TYPES:
-            state.attention = swap_modules(llm, ATTENTION_TYPES, FusedRoPEAttention.from_module)
+            state.attention = swap_modules(llm, ATTENTION_TYPES,
+                                           functools.partial(FusedRoPEAttention.from_module,
+                                                             dropout_seed=seed))
+    if has_adapter_dropout(llm):
+        # Once per micro-batch, outside the recorded layers: the forward and its
+        # recomputation then read the same seed, and the next micro-batch a new one.
+        model = hf_model(llm)
+        decoder = model.get_decoder() if callable(getattr(model, 'get_decoder', None)) else model
+        state.dropout_hook = advance_before_each_forward(decoder, seed)
     return state
 
 

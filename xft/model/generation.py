@@ -8,12 +8,14 @@ the new input with its assistant header, and nothing after it. Earlier replies a
 from their text, as a training sample of this conversation would be, rather than kept as the
 sampled ids: a model must see the history in the format it learned.
 
-Example::
+Example (ByT5's tokenizer has bytes for tokens: it needs no files and has no BOS)::
 
+    >>> from transformers import ByT5Tokenizer
+    >>> tokenizer = ByT5Tokenizer()
     >>> ids = encode_for_generation([('Hi', 'Hello!')], 'And you?', 'chatml', tokenizer)
-    >>> tokenizer.decode(ids)
-    '<s><|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n'
-    '<|im_start|>user\\nAnd you?<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> tokenizer.decode(ids).split('\\n')  # the prompt ends with the assistant header
+    ['<|im_start|>user', 'Hi<|im_end|>', '<|im_start|>assistant', 'Hello!<|im_end|>',
+     '<|im_start|>user', 'And you?<|im_end|>', '<|im_start|>assistant', '']
 """
 import sys
 from dataclasses import dataclass, field

@@ -16,7 +16,10 @@ except ImportError:  # bitsandbytes is a required dependency; this keeps import 
 def find_all_linear_names(model: nn.Module) -> list:
     """Names (last path component) of every linear layer except the output head.
 
-    >>> find_all_linear_names(llama)  # doctest: +SKIP
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                      num_attention_heads=2, vocab_size=64))
+    >>> find_all_linear_names(llama)
     ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
     """
     head = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None

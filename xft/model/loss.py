@@ -48,6 +48,17 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    """How many positions of a (batch, seq) label tensor carry loss once shifted: the
+    denominator of the mean causal-LM loss, and what an optimizer step's token count sums.
+    The first label of each row is never scored (nothing predicts it).
+
+    >>> count_trained_tokens(torch.tensor([[5, 6, -100, 7], [-100, -100, 8, -100]]))
+    3
+    """
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
 class _LinearCrossEntropyFn(torch.autograd.Function):
 
     @staticmethod

@@ -11,7 +11,9 @@ attn_implementation         what keeps samples apart
 flash_attention_2/3, any    ``cu_seq_lens_q/k`` + ``max_length_q/k`` (flash-attn's varlen kernel)
 name containing 'flash'     and no attention_mask; HF's flash path reads them from the kwargs
 ``xft_varlen``              the same arguments, run by torch's ``varlen_attn`` (torch >= 2.10,
-                            CUDA); registered by ``register_varlen_attention()``
+                            CUDA), ``cu_seq_lens`` padded to a fixed length (CUDA graphs);
+                            registered by ``register_varlen_attention()``; what
+                            ``SupervisedFinetune`` picks on CUDA (``choose_packed_attention``)
 flex_attention              a flex-attention BlockMask of the same pattern
 sdpa                        a block-diagonal causal boolean mask (B, 1, L, L)
 eager (and anything else)   the same mask as an additive float mask in ``dtype``
@@ -24,7 +26,10 @@ so no model class is patched.
 Measured on one H200 (torch 2.11, transformers 5.17), a 4-layer, 2048-wide Llama in bf16, one
 8k-token row of 16 documents, forward + backward: SDPA with the block mask 62.0 ms, 7.72 GiB;
 ``xft_varlen`` 38.8 ms, 7.35 GiB. Packed loss equals the per-sample loss there for eager, sdpa
-(float32 to 1e-6) and xft_varlen (bf16, to 2e-5).
+(float32 to 1e-6) and xft_varlen (bf16, to 2e-5). SDPA's block mask also leaves the flash
+kernel for the slower masked one and, at 8k tokens, costs an 8k x 8k mask per row: so on a GPU
+whose torch has ``varlen_attn``, ``choose_packed_attention`` switches an ``sdpa`` model to
+``xft_varlen`` (unpacked rows, such as generation's, still run SDPA with their usual mask).
 
 How ``SupervisedFinetune.forward`` calls it::
 
@@ -36,6 +41,10 @@ import torch
 
 PACKED_KEYS = ('cumulative_len', 'max_seqlen')
 VARLEN_ATTENTION_NAME = 'xft_varlen'
+# Sample boundaries of a packed batch are padded to a multiple of this many (empty samples at
+# the end): a 2k row of alpaca holds about 14 samples, an 8k row about 55, so nearly every
+# batch has one shape (a CUDA-graph signature) and a rare crowded row adds a second.
+VARLEN_BOUNDARY_BUCKET = 64
 
 
 def packed_attention_kwargs(data, attn_implementation, dtype=torch.float32):
@@ -49,7 +58,10 @@ def packed_attention_kwargs(data, attn_implementation, dtype=torch.float32):
     # Boundaries are a few integers per row: work on them on the CPU, move the result once.
     cumulative = [torch.as_tensor(c).cpu() for c in cumulative]
     if 'flash' in implementation or implementation == VARLEN_ATTENTION_NAME:
-        varlen = varlen_kwargs(cumulative, data['input_ids'].shape[1])
+        # Our own varlen path pads the boundaries to a fixed count, so that every packed batch
+        # has the same argument shapes and a CUDA graph recorded for one replays for the next.
+        bucket = VARLEN_BOUNDARY_BUCKET if implementation == VARLEN_ATTENTION_NAME else None
+        varlen = varlen_kwargs(cumulative, data['input_ids'].shape[1], bucket)
         varlen['cu_seq_lens_q'] = varlen['cu_seq_lens_k'] = varlen['cu_seq_lens_q'].to(device)
         kwargs.update(varlen)
         kwargs['attention_mask'] = None
@@ -105,15 +117,67 @@ def document_block_mask(segments):
                              device=segments.device)
 
 
-def varlen_kwargs(cumulative_len, width):
-    """flash-attn varlen arguments over the flattened batch (row b starts at b * width)."""
+def varlen_kwargs(cumulative_len, width, bucket=None):
+    """flash-attn varlen arguments over the flattened batch (row b starts at b * width).
+
+    With ``bucket``, the boundaries are padded with empty samples (repeats of the total) to
+    ``k * bucket + 1`` entries and the maximum length is the row width: the arguments' shapes
+    and values then depend on the batch's shape alone, not on where its samples end.
+
+    >>> kw = varlen_kwargs([torch.tensor([0, 3, 8])], 8)
+    >>> kw['cu_seq_lens_q'].tolist(), kw['max_length_q']
+    ([0, 3, 8], 5)
+    >>> kw = varlen_kwargs([torch.tensor([0, 3, 8])], 8, bucket=4)
+    >>> kw['cu_seq_lens_q'].tolist(), kw['max_length_q']
+    ([0, 3, 8, 8, 8], 8)
+    """
     pieces = [torch.as_tensor(c, dtype=torch.int32).cpu()[:-1] + row * width
               for row, c in enumerate(cumulative_len)]
-    cu_seqlens = torch.cat(pieces + [torch.tensor([len(cumulative_len) * width],
-                                                  dtype=torch.int32)])
+    total = len(cumulative_len) * width
+    cu_seqlens = torch.cat(pieces + [torch.tensor([total], dtype=torch.int32)])
     max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if bucket:
+        samples = len(cu_seqlens) - 1
+        padded = -(-samples // bucket) * bucket
+        cu_seqlens = torch.cat([cu_seqlens, cu_seqlens.new_full((padded - samples, ), total)])
+        max_length = width
     return {'cu_seq_lens_q': cu_seqlens, 'cu_seq_lens_k': cu_seqlens,
             'max_length_q': max_length, 'max_length_k': max_length}
+
+
+def varlen_attention_available() -> bool:
+    """Whether this torch has ``varlen_attn`` and a CUDA device to run it."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_packed_attention(model, available=None) -> str:
+    """Switch an SDPA ``model`` (a transformers model) to ``xft_varlen`` where torch's varlen
+    kernel runs; returns the attention implementation the model uses now.
+
+    Packed rows then run the flash varlen kernel over their samples instead of SDPA's masked
+    kernel over a (L, L) mask; everything else (unpacked rows, generation with padding) still
+    runs SDPA. Other implementations (eager, flash_attention_2, flex) are the user's choice
+    and stay. ``available`` overrides the check (tests).
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> m = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, attn_implementation='sdpa'))
+    >>> choose_packed_attention(m, available=False)
+    'sdpa'
+    """
+    current = model.config._attn_implementation
+    usable = varlen_attention_available() if available is None else available
+    if current != 'sdpa' or not usable:
+        return current
+    name = register_varlen_attention()
+    model.set_attn_implementation(name)
+    return name
 
 
 def register_varlen_attention():
@@ -125,9 +189,15 @@ def register_varlen_attention():
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+    def mask(**kwargs):
+        # Without a padding mask (packed rows, or unpacked rows without padding) no mask is
+        # built: varlen_attn takes the boundaries, and the SDPA fallback runs causal. A packed
+        # batch would otherwise get transformers' (L, L) block mask from its position ids,
+        # built and then ignored at every step. With padding (generation), SDPA's own mask.
+        return None if kwargs.get('attention_mask') is None else sdpa_mask(**kwargs)
+
     AttentionInterface.register(VARLEN_ATTENTION_NAME, _varlen_attention_forward)
-    # Unpacked batches need the ordinary causal/padding mask for the SDPA fallback.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION_NAME, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION_NAME, mask)
     return VARLEN_ATTENTION_NAME
 
 

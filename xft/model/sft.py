@@ -10,9 +10,19 @@ from xft.registry import build_nested
 from xft.utils.errors import ConfigError
 
 from .fast_path import apply_fast_path, causal_lm_loss
-from .lora import attach_lora
-from .packed_attention import packed_attention_kwargs
+from .adapter_start import (check_adapter_agrees, load_adapter_weights, read_adapter_config,
+                            refuse_without_lora)
+from .long_context import linear_rope_scaling
+from .lora import attach_lora, build_lora_config
+from .loss import count_trained_tokens
+from .packed_attention import VARLEN_ATTENTION_NAME, choose_packed_attention, packed_attention_kwargs
 from .quantization import freeze_base, is_quantized, keep_4bit_weights_trainable_on_cpu
+from .vocab import embedding_rows_for, grow_embeddings, tokenizer_length, train_new_rows
+
+# XTuner 0.1.23's arguments, then xft's speed switches (mmengine adds the last two).
+SUPERVISED_FINETUNE_ARGUMENTS = ('llm', 'lora', 'peft_model', 'use_activation_checkpointing', 'use_varlen_attn',
+                                 'tokenizer', 'max_position_embeddings', 'use_fast_path', 'cuda_graphs',
+                                 'data_preprocessor', 'init_cfg')
 
 
 def build_llm(llm) -> nn.Module:
@@ -42,28 +52,49 @@ class SupervisedFinetune(BaseModel):
             Target modules default to every linear layer except the output head.
         use_activation_checkpointing: recompute activations in the backward pass to save memory.
         use_varlen_attn: XTuner's switch for variable-length attention. Packed rows get
-            boundary-respecting attention whatever its value (see ``forward_kwargs``).
+            boundary-respecting attention whatever its value (see ``forward_kwargs``); on a
+            GPU whose torch has ``varlen_attn``, an SDPA model runs packed rows through it
+            (``xft.model.packed_attention.choose_packed_attention``).
         use_fast_path: fused LoRA/RMSNorm/SwiGLU/RoPE modules, per-layer checkpointing and a
             chunked loss that never forms the full fp32 logits (``xft.model.fast_path``).
             The loss and gradients equal the plain path's to float tolerance.
         cuda_graphs: with the fast path on a GPU, replay each checkpointed layer's passes as
-            CUDA graphs where that is exact (no dropout, one process, rows of at most 4,096
+            CUDA graphs where that is exact (no foreign dropout, one process, rows of at most 4,096
             tokens, where kernel launches rather than arithmetic bound the step);
             ``xft.model.kernels.graphs`` says when they stay off.
+        peft_model: a PEFT LoRA adapter folder to continue training from; ``lora`` must
+            describe it (``xft.model.adapter_start``).
+        tokenizer: the tokenizer (or its config dict); when it has more tokens than the model
+            has embedding rows, the embeddings grow to it and the new rows train, under LoRA
+            too (``xft.model.vocab``).
+        max_position_embeddings: beyond the model's own, RoPE is scaled linearly as XTuner
+            did, before the model is built (``xft.model.long_context``).
+
+    Any other argument is refused in one line: XTuner 0.1.23's SupervisedFinetune takes
+    exactly ``llm, lora, peft_model, use_activation_checkpointing, use_varlen_attn, tokenizer,
+    max_position_embeddings``, and all are honoured.
     """
 
     def __init__(self, llm, lora=None, peft_model=None, use_activation_checkpointing=True,
                  use_varlen_attn=False, tokenizer=None, max_position_embeddings=None,
-                 use_fast_path=True, cuda_graphs=True, data_preprocessor=None, init_cfg=None):
+                 use_fast_path=True, cuda_graphs=True, data_preprocessor=None, init_cfg=None, **unknown):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if peft_model is not None:
-            raise ConfigError('model.peft_model: loading a saved adapter to continue training is not supported; '
-                              'convert it with tools/merge.py and train on the merged model')
+        if unknown:
+            raise ConfigError(f'model: SupervisedFinetune has no argument {", ".join(sorted(unknown))}; it takes '
+                              f'{", ".join(SUPERVISED_FINETUNE_ARGUMENTS)}')
+        if peft_model is not None and lora is None:
+            refuse_without_lora(peft_model)
+        if max_position_embeddings is not None:
+            llm = with_rope_scaled_to(llm, max_position_embeddings)
         llm = build_llm(llm)
+        if choose_packed_attention(llm) == VARLEN_ATTENTION_NAME:
+            print_log('SupervisedFinetune: packed rows attend through torch\'s varlen_attn '
+                      f'({VARLEN_ATTENTION_NAME}), other batches through SDPA', logger='current')
         quantized = is_quantized(llm)
         if quantized and lora is None:
             raise ConfigError('model: a quantized llm (quantization_config) can only be trained with LoRA; '
                               'set model.lora or drop the quantization_config')
+        grown = grow_to_tokenizer(llm, tokenizer) if tokenizer is not None else None
         if lora is not None:
             freeze_base(llm)
         keep_4bit_weights_trainable_on_cpu(llm)
@@ -71,7 +102,18 @@ class SupervisedFinetune(BaseModel):
             enable_activation_checkpointing(llm)
         # The KV cache is useless in training and costs memory; generation turns it on per call.
         llm.config.use_cache = False
-        self.llm = attach_lora(llm, lora) if lora is not None else llm
+        self.llm = llm
+        if lora is not None:
+            lora_config = build_lora_config(lora, llm)
+            if grown is not None:
+                lora_config = train_new_rows(lora_config, llm, *grown)
+            if peft_model is not None:
+                check_adapter_agrees(read_adapter_config(peft_model), lora_config, peft_model)
+            self.llm = attach_lora(llm, lora_config)
+            if peft_model is not None:
+                loaded = load_adapter_weights(self.llm, peft_model)
+                print_log(f'SupervisedFinetune: LoRA starts from the adapter {peft_model} ({loaded} tensors)',
+                          logger='current')
         self.use_varlen_attn = use_varlen_attn
         self.fast_path = None
         if use_fast_path:
@@ -123,15 +165,65 @@ class SupervisedFinetune(BaseModel):
         return packed_attention_kwargs(data, self.llm.config._attn_implementation, dtype=self.llm.dtype)
 
     def compute_loss(self, data) -> dict:
-        """Mean cross-entropy over the tokens whose label is not IGNORE_INDEX."""
+        """Mean cross-entropy over this micro-batch's trained tokens (labels not IGNORE_INDEX).
+
+        This mean is what the log shows. ``TrainLoop`` then weighs it by the micro-batch's
+        share of the trained tokens of the whole optimizer step (all accumulated micro-batches,
+        all ranks; ``xft.engine.token_weighting``), so the step's gradient is that of the mean
+        over all its tokens. A micro-batch without trained tokens gives a zero loss that still
+        reaches every weight (DDP waits for all gradients) instead of 0/0 = NaN.
+        """
         kwargs = self.forward_kwargs(data)
         if self.fast_path is None:
-            return {'loss': self.llm(**kwargs).loss}
+            outputs = self.llm(**kwargs)
+            if count_trained_tokens(kwargs['labels']) == 0:
+                return {'loss': outputs.logits.sum() * 0.0}
+            return {'loss': outputs.loss}
+        # The chunked loss divides by max(tokens, 1): zero, not NaN, without trained tokens.
         loss, _ = causal_lm_loss(self.llm, kwargs.pop('input_ids'), kwargs.pop('labels'), **kwargs)
         return {'loss': loss}
 
     def gradient_checkpointing_active(self) -> bool:
         return activation_checkpointing_active(self.llm)
+
+
+def with_rope_scaled_to(llm, max_position_embeddings):
+    """The llm config dict with RoPE scaled for ``max_position_embeddings`` (logged), read
+    from the model's config before the model is built."""
+    if isinstance(llm, nn.Module):
+        kwargs, message = linear_rope_scaling(llm.config, max_position_embeddings)
+        if kwargs:
+            raise ConfigError(f'model.max_position_embeddings={max_position_embeddings}: model.llm is a built '
+                              'model; scale its RoPE before building it (or pass its config dict)')
+        print_log(message, logger='current')
+        return llm
+    if not isinstance(llm, dict) or not llm.get('pretrained_model_name_or_path'):
+        raise ConfigError('model.max_position_embeddings: needs model.llm with a pretrained_model_name_or_path')
+    own = [key for key in ('rope_parameters', 'rope_scaling') if llm.get(key) is not None]
+    if own:
+        raise ConfigError(f'model.max_position_embeddings={max_position_embeddings} and model.llm.{own[0]} both '
+                          'scale RoPE; keep one')
+    from transformers import AutoConfig
+    path = llm['pretrained_model_name_or_path']
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=bool(llm.get('trust_remote_code', False)))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f'model.llm: cannot read the config of {path!r}: {str(error).splitlines()[0]}') from None
+    kwargs, message = linear_rope_scaling(hf_config, max_position_embeddings)
+    print_log(message, logger='current')
+    return dict(llm, **kwargs) if kwargs else llm
+
+
+def grow_to_tokenizer(llm, tokenizer):
+    """Grow the embeddings to the tokenizer (logged); ``(old rows, new rows)`` or None."""
+    n_tokens = tokenizer_length(tokenizer)
+    rows = embedding_rows_for(n_tokens, llm.get_input_embeddings().weight.shape[0])
+    if rows is None:
+        return None
+    old = grow_embeddings(llm, rows)
+    print_log(f'model.tokenizer has {n_tokens} tokens: embeddings resized from {old} to {rows} rows '
+              f'(a multiple of 64); the new rows start at the mean of the old and train', logger='current')
+    return old, rows
 
 
 def enable_activation_checkpointing(llm) -> None:

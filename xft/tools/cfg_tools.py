@@ -18,8 +18,8 @@ COPY_SUFFIX = '_copy'
 def list_configs(pattern=None, root=REPO_CONFIGS) -> list:
     """Sorted config names containing every word of ``pattern`` (case-insensitive).
 
-    >>> list_configs('qwen2_5 lora')  # doctest: +SKIP
-    ['qwen2_5_0_5b_instruct_lora_alpaca_e3', 'qwen2_5_0_5b_instruct_qlora_alpaca_e3', ...]
+    >>> list_configs('qwen2_5 lora')[:2]
+    ['qwen2_5_0_5b_instruct_lora_alpaca_e3', 'qwen2_5_0_5b_instruct_qlora_alpaca_e3']
     """
     words = (pattern or '').lower().split()
     names = sorted(path.stem for path in Path(root).rglob('*.py') if not path.name.startswith('_'))

@@ -47,7 +47,8 @@ BANNER = (f'Type a message and press Enter twice to send it. {RESET_COMMAND} cle
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='xft chat', description='Chat with a model (and adapter) in its training prompt format.')
-    parser.add_argument('model', help='the model folder (a merged model or the adapter\'s base)')
+    parser.add_argument('model', help='the model folder (a merged model or the adapter\'s base), '
+                        'or a .gguf file')
     parser.add_argument('--adapter', help='a PEFT adapter folder to apply (from pth_to_hf)')
     parser.add_argument('--bits', type=int, choices=(4, 8),
                         help='load the model quantized: 4 (NF4, double quant) or 8 bits')
@@ -116,13 +117,25 @@ def _looks_like_hub_name(name):
     return re.fullmatch(r'[\w.\-]+/[\w.\-]+', name) is not None and not Path(name).exists()
 
 
+def model_location(model):
+    """(folder, from_pretrained kwargs): a ``.gguf`` file (from ``xft convert gguf``) is read
+    by transformers from its folder with ``gguf_file=``."""
+    path = Path(model)
+    if path.suffix == '.gguf' and path.is_file():
+        return str(path.parent), {'gguf_file': path.name}
+    return str(model), {}
+
+
 def check_model_paths(args):
-    """The model is a model folder or a reachable hub id, the adapter an adapter folder: checked
-    before anything loads, each failure one line."""
+    """The model is a model folder, a .gguf file or a reachable hub id, the adapter an adapter
+    folder: checked before anything loads, each failure one line."""
     from xft.tools.merge import require_model_folder
     if args.adapter and not (Path(args.adapter) / 'adapter_config.json').is_file():
         raise UserError(f'{args.adapter}: not a PEFT adapter folder (no adapter_config.json)')
-    if Path(args.model).is_dir():
+    if Path(args.model).suffix == '.gguf':
+        if not Path(args.model).is_file():
+            raise UserError(f'{args.model}: GGUF file not found')
+    elif Path(args.model).is_dir():
         require_model_folder(args.model)
     elif _looks_like_hub_name(args.model):
         require_hub_model(args.model)
@@ -191,8 +204,8 @@ def load_tokenizer(args):
     from transformers import AutoTokenizer
     adapter_has_tokenizer = args.adapter and any(
         (Path(args.adapter) / name).is_file() for name in ('tokenizer.json', 'tokenizer_config.json'))
-    source = args.adapter if adapter_has_tokenizer else args.model
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=args.trust_remote_code)
+    source, extra = (str(args.adapter), {}) if adapter_has_tokenizer else model_location(args.model)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code, **extra)
 
 
 def load_model(args):
@@ -204,8 +217,9 @@ def load_model(args):
     dtype = 'auto' if args.torch_dtype == 'auto' else getattr(torch, args.torch_dtype)
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     try:
+        folder, extra = model_location(args.model)
         model = AutoModelForCausalLM.from_pretrained(
-            str(args.model), dtype=dtype, device_map={'': device},
+            folder, **extra, dtype=dtype, device_map={'': device},
             quantization_config=quantization_config(
                 args.bits, compute_dtype(args, device) if args.bits else None),
             trust_remote_code=args.trust_remote_code)
@@ -217,6 +231,9 @@ def load_model(args):
     keep_4bit_weights_trainable_on_cpu(model)
     if args.adapter:
         from peft import PeftModel
+
+        from xft.model.vocab import grow_base_to_adapter
+        grow_base_to_adapter(model, args.adapter)  # an adapter that trained added tokens' rows
         model = PeftModel.from_pretrained(model, str(args.adapter), is_trainable=False)
     model.eval()
     model.generation_config.use_cache = True

@@ -1,11 +1,14 @@
 """``make demo`` / ``xft demo``: the whole loop on the embedded SmolLM2-135M-Instruct.
 
 prepare the model -> ask it who it is -> QLoRA-train the self-cognition config ->
-pth_to_hf -> merge -> ask the merged model, and base + adapter in 4-bit.
+pth_to_hf -> merge -> ask the merged model, and base + adapter in 4-bit -> export the merged
+model as GGUF (what llama.cpp and Ollama run) and ask the file, read back by transformers.
 
 Each step runs the same command a user would type, in its own process, so the demo
 exercises exactly the shipped tools. It ends with the answers before and after training
-and exits non-zero when the new identity did not take or the general answer was lost.
+and exits non-zero when the new identity did not take, the general answer was lost, or the
+GGUF file answers differently from the merged model it was written from (bf16 in, bf16 out,
+both asked in bf16: greedy answers must be equal).
 """
 import argparse
 import subprocess
@@ -32,7 +35,7 @@ def run_step(title, command, capture=False):
     started = time.monotonic()
     result = subprocess.run(command, stdout=subprocess.PIPE if capture else None, text=True)
     if result.returncode != 0:
-        raise SystemExit(f'demo: step "{title}" failed with exit code {result.returncode}')
+        raise SystemExit(f'xft demo: step "{title}" failed with exit code {result.returncode}')
     print(f'    ({time.monotonic() - started:.0f} s)', flush=True)
     return result.stdout if capture else None
 
@@ -47,7 +50,7 @@ def ask(title, model, question, *extra):
 def last_checkpoint(work_dir: Path) -> Path:
     pointer = work_dir / 'last_checkpoint'
     if not pointer.is_file():
-        raise SystemExit(f'demo: training wrote no checkpoint into {work_dir}')
+        raise SystemExit(f'xft demo: training wrote no checkpoint into {work_dir}')
     return Path(pointer.read_text().strip())
 
 
@@ -75,10 +78,16 @@ def main(argv=None) -> int:
     after_merged = {q: ask(f'Merged model: {q}', merged, q) for q in (IDENTITY_QUESTION, GENERAL_QUESTION)}
     after_4bit = {q: ask(f'Base + adapter in 4-bit: {q}', model, q, '--adapter', adapter, '--bits', 4)
                   for q in (IDENTITY_QUESTION, GENERAL_QUESTION)}
+    gguf_file = work_dir / 'merged-bf16.gguf'
+    run_step('Export the merged model as GGUF (llama.cpp / Ollama)',
+             xft_command('convert', 'gguf', merged, gguf_file, '--outtype', 'bf16'))
+    after_gguf = {q: ask(f'GGUF file: {q}', gguf_file, q, '--torch-dtype', 'bfloat16')
+                  for q in (IDENTITY_QUESTION, GENERAL_QUESTION)}
 
     print('\n================ xft demo: answers before and after training ================')
     for title, answers in (('Before (SmolLM2-135M-Instruct)', before), ('After, merged model', after_merged),
-                           ('After, base + adapter in 4-bit', after_4bit)):
+                           ('After, base + adapter in 4-bit', after_4bit),
+                           ('After, the GGUF file read back', after_gguf)):
         print(f'\n{title}:')
         for question, answer in answers.items():
             print(f'  Q: {question}\n  A: {answer}')
@@ -90,10 +99,13 @@ def main(argv=None) -> int:
             problems.append(f'the {title} model does not call itself {NEW_NAME}')
         if GENERAL_FACT not in answers[GENERAL_QUESTION]:
             problems.append(f'the {title} model lost the general answer ({GENERAL_FACT})')
+    if after_gguf != after_merged:
+        problems.append('the GGUF file answers differently from the merged model')
     if problems:
         print('xft demo: ' + '; '.join(problems), file=sys.stderr)
         return 1
-    print(f'xft demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris.')
+    print(f'xft demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris;'
+          f' {gguf_file} answers the same.')
     return 0
 
 

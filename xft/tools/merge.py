@@ -51,20 +51,17 @@ def _device_map(device):
     return device if device == 'auto' else {'': 'cpu'}
 
 
-def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
-                  safe_serialization=True, trust_remote_code=False):
-    """Merge ``adapter`` into ``base`` and save model + tokenizer to ``save_dir``."""
+def load_merged_model(base, adapter, device='cpu', trust_remote_code=False):
+    """``base`` with ``adapter`` folded in, in memory (the base's own dtype)."""
     if not (Path(adapter) / 'adapter_config.json').is_file():
         raise UserError(f'{adapter}: not a PEFT adapter folder (no adapter_config.json)')
     if not Path(base).is_dir():
         raise UserError(f'{base}: base model folder not found (merge needs the base model on disk)')
     require_model_folder(base)
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from xft.dataset.map_fns.template import resolve_template
-    from xft.model.chat_template import add_stop_tokens_to_generation_config
-    from xft.model.export import TRAINING_CONFIG_FILENAME, read_training_template
+    from xft.model.vocab import grow_base_to_adapter
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base), dtype='auto', device_map=_device_map(device),
@@ -72,8 +69,20 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     except (OSError, ValueError) as error:
         raise UserError(f'{base}: cannot load the base model: '
                         f'{str(error).splitlines()[0]}') from None
+    grow_base_to_adapter(model, adapter)  # an adapter that trained added tokens' rows
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    merged = model.merge_and_unload()
+    return model.merge_and_unload()
+
+
+def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
+                  safe_serialization=True, trust_remote_code=False):
+    """Merge ``adapter`` into ``base`` and save model + tokenizer to ``save_dir``."""
+    merged = load_merged_model(base, adapter, device=device, trust_remote_code=trust_remote_code)
+    from transformers import AutoTokenizer
+
+    from xft.dataset.map_fns.template import resolve_template
+    from xft.model.chat_template import add_stop_tokens_to_generation_config
+    from xft.model.export import TRAINING_CONFIG_FILENAME, read_training_template
     merged.save_pretrained(str(save_dir), max_shard_size=max_shard_size,
                            safe_serialization=safe_serialization)
     has_tokenizer = any((Path(adapter) / name).is_file()

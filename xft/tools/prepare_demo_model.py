@@ -114,10 +114,9 @@ def prepare_demo_model(cache_dir=None, log=print):
     """Return the prepared demo model folder, converting the GGUF the first time.
 
     The conversion writes into a temporary sibling folder and renames it into place, so an
-    interrupted run leaves no half-written model behind.
-
-        >>> prepare_demo_model()            # first call: about 20-30 s
-        PosixPath('/root/.cache/xft/smollm2-135m-instruct')
+    interrupted run leaves no half-written model behind. Without ``cache_dir`` (or
+    ``$XFT_CACHE_DIR``) the folder is ``~/.cache/xft/smollm2-135m-instruct``; the first call
+    takes about 20-30 s.
     """
     target = demo_model_path(cache_dir)
     if is_prepared(target):

@@ -68,14 +68,11 @@ def convert(args):
     # Imported here so that --help and argument errors answer at once.
     import torch
 
-    from xft.model.chat_template import (add_stop_tokens_to_generation_config,
-                                         save_tokenizer_with_chat_template)
     from xft.engine.checkpoint import read_checkpoint_state_dict
     from xft.engine.config import load_config, resolve_config
     from xft.engine.model_sources import check_model_sources
-    from xft.model.export import (export_adapter, export_full_model, is_lora_state_dict,
-                                  llm_state_dict, require_llm, save_config_beside)
-    from xft.registry import build_nested
+    from xft.model.export import (export_weights, is_lora_state_dict, llm_state_dict, require_llm,
+                                  save_tokenizer_and_config)
 
     progress = _Progress(STEPS)
     progress.step(f'reading config {args.config}')
@@ -94,25 +91,12 @@ def convert(args):
     dtype = torch.float32 if args.fp32 else None
     progress.step(f'writing {"PEFT adapter" if lora else "full model"} to {args.save_dir} '
                   '(base built on the meta device)')
-    if lora:
-        export_adapter(cfg, state_dict, args.save_dir, dtype=dtype,
-                       safe_serialization=args.safe_serialization)
-    else:
-        export_full_model(cfg, state_dict, args.save_dir, dtype=dtype,
-                          max_shard_size=args.max_shard_size,
-                          safe_serialization=args.safe_serialization)
+    export_weights(cfg, state_dict, args.save_dir, dtype=dtype, max_shard_size=args.max_shard_size,
+                   safe_serialization=args.safe_serialization)
     del state_dict
 
     progress.step('saving tokenizer and config')
-    if cfg.get('tokenizer') is not None:
-        tokenizer = build_nested(dict(cfg.tokenizer))
-        template = cfg.get('prompt_template')
-        wrote = save_tokenizer_with_chat_template(tokenizer, template, args.save_dir)
-        if template is not None and not wrote:
-            print('      (the prompt template defers to the tokenizer\'s own chat_template)')
-        if template is not None and not lora:
-            add_stop_tokens_to_generation_config(args.save_dir, template, tokenizer)
-    save_config_beside(cfg, args.save_dir)
+    save_tokenizer_and_config(cfg, args.save_dir, lora)
     kind = 'a PEFT adapter' if lora else 'a full model'
     print(f'saved {kind} to {args.save_dir} in {progress.elapsed():.1f} s', flush=True)
 

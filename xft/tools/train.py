@@ -124,12 +124,14 @@ def train(cfg, verbose=False):
     from xft.engine.device import setup_distributed
     from xft.engine.hooks.exact_resume_hook import ExactResumeHook
     from xft.engine.hooks.preemption_hook import PreemptionHook
+    from xft.engine.hooks.throughput_hook import add_throughput_hook_if_missing
 
     register_checkpoint_loader()
     setup_distributed(cfg)
     runner = runner_class(cfg, verbose).from_cfg(cfg)
     runner.register_hook(ExactResumeHook())
     runner.register_hook(PreemptionHook())
+    add_throughput_hook_if_missing(runner)  # tokens/s and MFU in every log line
     runner.train()
     return runner
 

@@ -11,10 +11,17 @@ gradient, so their backward is one matmul, not two. Here each term is counted fo
   weights that train (the adapters; the linears and head too in full fine-tuning), attention 2x;
 - recomputation: the decoder layers' forward once more when activation checkpointing is on.
 
-`train/tflops` is the hardware work (with recomputation) per second; `train/mfu` is the model
-work (without recomputation) over the device's dense bf16 peak, the usual definition, so a
-recomputing run cannot raise its MFU by recomputing. Tokens are the non-padding tokens of the
-batch (`attention_mask.sum()`), per GPU. Without CUDA, only tokens/s and TFLOP/s are logged.
+`train/tflops` is the hardware work (with recomputation) per second; MFU is the model work
+(without recomputation) over the device's dense bf16 peak, the usual definition, so a
+recomputing run cannot raise its MFU by recomputing. The MFU scalar's name says what it is
+measured against, e.g. `mfu_of_H200_989TFLOPs_bf16` (one name per run, so the log line
+reads `mfu_of_H200_989TFLOPs_bf16: 0.4100`). Tokens are the non-padding tokens of the batch
+(`attention_mask.sum()`), per GPU. On CUDA `train/peak_gib` is the peak allocated memory
+since the previous iteration's log plus the CUDA-graph pools (allocations inside a graph
+replay are invisible to `max_memory_allocated`). Without CUDA, only tokens/s and TFLOP/s.
+
+`xft train` adds this hook to every run whose config lacks one
+(`add_throughput_hook_if_missing`), so every zoo config logs tokens/s beside loss and lr.
 """
 import dataclasses
 from typing import Optional
@@ -113,16 +120,50 @@ def batch_tokens_and_pairs(data: dict):
     return n_tokens, pairs
 
 
+def device_key(device_name: str) -> Optional[str]:
+    """The key of `PEAK_BF16_TFLOPS` a device name matches (longest first), or None.
+
+    >>> device_key('NVIDIA H100 80GB HBM3'), device_key('cpu')
+    ('H100', None)
+    """
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        if key in device_name:
+            return key
+    return None
+
+
 def peak_tflops(device_name: str) -> Optional[float]:
     """The datasheet dense bf16 peak for a device name, or None when unknown.
 
     >>> peak_tflops('NVIDIA H200')
     989.0
     """
-    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
-        if key in device_name:
-            return PEAK_BF16_TFLOPS[key]
-    return None
+    key = device_key(device_name)
+    return PEAK_BF16_TFLOPS[key] if key else None
+
+
+def mfu_name(device_name: str, peak: float) -> str:
+    """The MFU scalar's name, naming the peak it divides by.
+
+    >>> mfu_name('NVIDIA H200', 989.0)
+    'mfu_of_H200_989TFLOPs_bf16'
+    >>> mfu_name('Some GPU', 500.0)
+    'mfu_of_500TFLOPs'
+    """
+    key = device_key(device_name)
+    if key is not None and PEAK_BF16_TFLOPS[key] == peak:
+        return f'mfu_of_{key.replace(" ", "")}_{peak:g}TFLOPs_bf16'
+    return f'mfu_of_{peak:g}TFLOPs'  # a peak given by the user (e.g. a measured matmul rate)
+
+
+def graph_pool_bytes() -> int:
+    """Bytes reserved by CUDA-graph memory pools (any pool but the default one)."""
+    total = 0
+    for segment in torch.cuda.memory_snapshot():
+        pool = tuple(segment.get('segment_pool_id', (0, 0)) or (0, 0))
+        if pool != (0, 0):
+            total += segment['total_size']
+    return total
 
 
 def _inner_llm(model):
@@ -145,24 +186,36 @@ def shape_of(model) -> ModelShape:
 
 
 class ThroughputHook(Hook):
-    """Logs `train/tokens_per_sec` (per GPU), `train/tflops` and, on CUDA, `train/mfu`.
+    """Logs `train/tokens_per_sec` (per GPU), `train/tflops` and, on CUDA, MFU against the
+    device's peak (`train/mfu_of_<device>_<peak>TFLOPs_bf16`) and `train/peak_gib`.
 
-    Use it in a config as `custom_hooks = [dict(type=ThroughputHook)]`; the model's shape,
-    LoRA size and activation checkpointing are read from the model when training starts.
-    `peak_tflops` overrides the device's datasheet peak (e.g. a measured matmul rate).
+    Use it in a config as `custom_hooks = [dict(type=ThroughputHook)]` (`xft train` adds one
+    when a config has none); the model's shape, LoRA size and activation checkpointing are
+    read from the model when training starts. `peak_tflops` overrides the device's datasheet
+    peak (e.g. a measured matmul rate).
     """
     # After IterTimerHook (NORMAL, 50), which records this iteration's `train/time`, and
-    # before LoggerHook (BELOW_NORMAL, 60), which prints the scalars.
+    # before LoggerHook (BELOW_NORMAL, 60), which prints the scalars (and resets the
+    # device's peak-memory counter).
     priority = 55
+    # The graph pools' size changes only when graphs are recorded: measured this often.
+    POOL_EVERY_N_ITERS = 100
 
     def __init__(self, peak_tflops: Optional[float] = None):
         self.peak = peak_tflops
         self.shape: Optional[ModelShape] = None
+        self.mfu_key: Optional[str] = None
+        self._pool_bytes = 0
+        self._iters = 0
 
     def before_train(self, runner) -> None:
         self.shape = shape_of(runner.model)
-        if self.peak is None and torch.cuda.is_available():
-            self.peak = peak_tflops(torch.cuda.get_device_name())
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name()
+            if self.peak is None:
+                self.peak = peak_tflops(name)
+            if self.peak:
+                self.mfu_key = f'train/{mfu_name(name, self.peak)}'
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not isinstance(data_batch, dict) or self.shape is None:
@@ -180,5 +233,24 @@ class ThroughputHook(Hook):
         model_flops, hardware_flops = step_flops(self.shape, n_tokens, pairs)
         hub.update_scalar('train/tokens_per_sec', n_tokens / seconds)
         hub.update_scalar('train/tflops', hardware_flops / seconds / 1e12)
-        if self.peak and torch.cuda.is_available():
-            hub.update_scalar('train/mfu', model_flops / seconds / 1e12 / self.peak)
+        if self.mfu_key is not None:
+            hub.update_scalar(self.mfu_key, model_flops / seconds / 1e12 / self.peak)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # Graphs are recorded in the first iterations (after a warm-up), rarely later.
+            if self._iters < 10 or self._iters % self.POOL_EVERY_N_ITERS == 0:
+                self._pool_bytes = graph_pool_bytes()
+            self._iters += 1
+            peak = torch.cuda.max_memory_allocated() + self._pool_bytes
+            hub.update_scalar('train/peak_gib', peak / 2**30)
+
+
+def add_throughput_hook_if_missing(runner) -> bool:
+    """Register a `ThroughputHook` on `runner` unless it has one; True if one was added.
+
+    `xft train` calls it so that every config, XTuner's included (which list the hook in
+    `custom_hooks` only sometimes), logs tokens/s and MFU in each log line.
+    """
+    if any(isinstance(hook, ThroughputHook) for hook in runner.hooks):
+        return False
+    runner.register_hook(ThroughputHook())
+    return True

@@ -20,8 +20,10 @@ any order and the pool holds about one layer pass of temporaries.
 The eager `LayerCheckpointer` runs instead, with identical numerics, when:
 - the tensors are not on CUDA, or the batch has more than `max_tokens` tokens (long rows are
   compute-bound: a graph saves nothing there and its buffers cost memory);
-- a module in the layer draws random numbers (dropout > 0): recomputation must replay the
-  forward's masks, which a graph can't do;
+- a module in the layer draws from torch's generator (a dropout module, attention dropout):
+  recomputation must replay the forward's masks, which a graph can't do. The fused LoRA
+  layers' adapter dropout does not count: its masks are a function of a seed tensor that
+  the graphs read and that advances outside them (`xft.model.kernels.dropout`);
 - a process group exists (DDP's reducer and DeepSpeed, even on one process, hook autograd's
   own gradient accumulation, which the graph bypasses);
 - a keyword argument is neither a tensor, a tuple of tensors nor a plain constant; more than
@@ -86,9 +88,15 @@ def rebuild_kwargs(kwargs: dict, tensors: List[torch.Tensor]) -> dict:
 
 
 def draws_random_numbers(layer: nn.Module) -> bool:
-    """True if a module of `layer` drops out in training (the graph can't replay its masks)."""
+    """True if a module of `layer` draws from torch's generator in training (dropout, attention
+    dropout): a recorded graph would replay the capture's masks. Adapter dropout of the
+    fused LoRA layers is not such a module: its masks are a function of a seed tensor the
+    graph reads (`xft.model.kernels.dropout`), and those layers list it as replayable."""
+    replayable = {id(d) for module in layer.modules()
+                  for d in getattr(module, 'replayable_dropouts', lambda: ())()}
     for module in layer.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        if (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+                and id(module) not in replayable):
             return True
         if float(getattr(module, 'attention_dropout', 0.0) or 0.0) > 0:
             return True
@@ -217,7 +225,7 @@ class LayerGraphs:
         self.layer = layer
         self.params: List[nn.Parameter] = []  # the trainable ones, taken at the first graph
         self.grad_buffers: Optional[List[torch.Tensor]] = None
-        self.random = None  # whether the layer has dropout, looked up at the first call
+        self.random = None  # whether the layer draws from torch's generator (first call)
         self.calls: Dict[tuple, int] = {}
         self.forward_graphs: Dict[tuple, object] = {}
         self.backward_graphs: Dict[tuple, object] = {}
@@ -229,9 +237,10 @@ class LayerGraphs:
             self.random = draws_random_numbers(self.layer)
             if self.random and hidden.is_cuda and not self.family.told_dropout:
                 self.family.told_dropout = True
-                logger.warning('CUDA graphs are off: the layers use dropout (lora_dropout > 0), '
-                               'whose masks a recorded recomputation cannot replay; '
-                               'lora_dropout=0 gives the fastest path')
+                logger.warning('CUDA graphs are off: the layers draw from torch\'s random generator '
+                               '(a dropout module other than the fused LoRA adapters\' own, or '
+                               'attention dropout), whose masks a recorded recomputation cannot '
+                               'replay')
         if args or not isinstance(fn, functools.partial) or self.random:
             return None
         n_tokens = hidden.numel() // hidden.shape[-1]

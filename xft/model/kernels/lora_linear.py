@@ -4,8 +4,9 @@ peft's LoRA layer runs the frozen base layer, then casts `x` to the adapter's fp
 full copy of the activations), applies dropout, two matmuls, a scale and an add, and autograd
 keeps the fp32 copy for backward. Here the adapter runs in the activation dtype, the scale
 folds into the matmul, backward computes only what is needed (no grad for the frozen W), and
-the saved tensors are `x` (already kept by the caller) and the tiny `x A^T` (with adapter
-dropout, the dropped input and its mask instead of `x`). The low-rank term is computed
+the saved tensors are `x` (already kept by the caller) and the tiny `x A^T`. Adapter dropout
+draws a counter-based mask (`xft.model.kernels.dropout`) that backward regenerates, so it
+keeps nothing more than the dropout-free layer. The low-rank term is computed
 first and the frozen weight's product added onto it (`add_base_product`). For a
 bitsandbytes 4-bit base the weight is dequantized on the fly in forward and again in
 backward, as bitsandbytes itself does.
@@ -13,12 +14,13 @@ backward, as bitsandbytes itself does.
 The adapter's parameters stay where peft put them (usually fp32, the optimizer's master
 copy); their grads come back in that dtype.
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from .backend import autocast_dtype
+from .dropout import NO_DROPOUT, AdapterDropout, DropoutSeed
 
 try:
     import bitsandbytes as bnb
@@ -103,57 +105,67 @@ def add_base_product(out: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor)
 class _LoRALinearFn(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, base, scaling, dropout_p):
+    def forward(ctx, x, lora_a, lora_b, base, scaling, dropout):
         dtype = autocast_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             a = lora_a.to(dtype)
             b = lora_b.to(dtype)
-            keep = None
-            x_adapter = x2
-            if dropout_p > 0:
-                # Dropout on the adapter's input only, as peft does; the mask (one byte per
-                # element) is kept for the input grad. Recomputation replays the RNG.
-                keep = torch.rand(x2.shape, device=x2.device) >= dropout_p
-                x_adapter = x2 * keep / (1 - dropout_p)
-            xa = x_adapter @ a.t()
+            # Dropout on the adapter's input only, as peft does. The dropped copy is a
+            # temporary: backward regenerates it from the seed instead of keeping it.
+            xa = dropout.apply(x2) @ a.t()
             out = add_base_product(torch.mm(xa * scaling, b.t()), x2, dense_weight(base, dtype).t())
             if base.bias is not None:
                 out.add_(base.bias.to(dtype))
         # Keep the adapter in the compute dtype (a few MB) so backward needs no second cast.
-        # The frozen base needs no input for its backward; only the adapter's input is kept.
-        ctx.save_for_backward(x_adapter, xa, a, b, keep)
+        # The frozen base needs no input for its backward; only the adapter's input is kept
+        # (x2 is a view of x when x is already in the compute dtype; the caller keeps x).
+        ctx.save_for_backward(x2, xa, a, b)
         ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.base = base
         ctx.scaling = scaling
-        ctx.dropout_p = dropout_p
+        ctx.dropout = dropout
         ctx.x_dtype = x.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        x_adapter, xa, a, b, keep = ctx.saved_tensors
-        dtype = x_adapter.dtype
+        x2, xa, a, b = ctx.saved_tensors
+        dropout = ctx.dropout
+        dtype = x2.dtype
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         dyb = dy2 @ b  # tokens x r
         dx = da = db = None
+
+        def a_grad(x_adapter):  # x_adapter: dropout(x), regenerated from the seed
+            return (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+
         if ctx.needs_input_grad[0]:
-            if keep is None:
-                dx = torch.mm(dyb * ctx.scaling, a)
+            if dropout.p:
+                # One pass makes both dropout(x) (for A's grad, freed before the frozen
+                # weight's product) and the input-grad term mask / (1 - p) * scaling * (dy B A).
+                dx = torch.mm(dyb, a)
+                if ctx.needs_input_grad[1]:
+                    da = a_grad(dropout.grad_pair(x2, dx, ctx.scaling))
+                else:
+                    dropout.apply_(dx, ctx.scaling)
             else:
-                dx = (dyb @ a).mul_(keep).mul_(ctx.scaling / (1 - ctx.dropout_p))
+                dx = torch.mm(dyb * ctx.scaling, a)
             dx = add_base_product(dx, dy2, dense_weight(ctx.base, dtype))
-            dx = dx.view(*dy.shape[:-1], x_adapter.shape[-1]).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            da = (dyb.t() @ x_adapter).to(ctx.param_dtypes[0]).mul_(ctx.scaling)
+            dx = dx.view(*dy.shape[:-1], x2.shape[-1]).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1] and da is None:
+            da = a_grad(dropout.apply(x2))
         if ctx.needs_input_grad[2]:
             db = (dy2.t() @ xa).to(ctx.param_dtypes[1]).mul_(ctx.scaling)
         return dx, da, db, None, None, None
 
 
 def lora_linear(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, base: nn.Module,
-                scaling: float, dropout_p: float = 0.0) -> torch.Tensor:
+                scaling: float, dropout: Optional[AdapterDropout] = None) -> torch.Tensor:
     """`base(x) + scaling * dropout(x) @ lora_a.T @ lora_b.T`, computed in `x.dtype`.
+
+    `dropout` (an `AdapterDropout`: probability, seed and salt) draws the same mask in
+    forward and backward; None means no dropout.
 
     >>> base = nn.Linear(4, 3, bias=False)
     >>> a, b = torch.randn(2, 4), torch.randn(3, 2)
@@ -161,7 +173,7 @@ def lora_linear(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, bas
     >>> torch.allclose(lora_linear(x, a, b, base, 0.5), base(x) + 0.5 * x @ a.T @ b.T, atol=1e-5)
     True
     """
-    return _LoRALinearFn.apply(x, lora_a, lora_b, base, scaling, dropout_p)
+    return _LoRALinearFn.apply(x, lora_a, lora_b, base, scaling, dropout or NO_DROPOUT)
 
 
 def _dropout_p(module: nn.Module) -> Optional[float]:
@@ -173,10 +185,17 @@ def _dropout_p(module: nn.Module) -> Optional[float]:
     return None
 
 
-def lora_parts(layer: nn.Module) -> Optional[Tuple[str, float]]:
-    """`(adapter, scaling)` of a peft LoRA layer or `FusedLoRALinear` that the multi-layer
-    fused functions (q/k/v, the MLP) compute exactly: what `FusedLoRALinear` takes, with no
-    dropout and no base bias; None otherwise.
+class LoRAParts(NamedTuple):
+    """What the fused functions need of one LoRA layer besides its tensors."""
+    adapter: str
+    scaling: float
+    dropout_p: float  # peft's adapter dropout probability (applied in training only)
+
+
+def lora_parts(layer: nn.Module) -> Optional[LoRAParts]:
+    """`(adapter, scaling, dropout_p)` of a peft LoRA layer or `FusedLoRALinear` that the
+    multi-layer fused functions (q/k/v, the MLP) compute exactly: what `FusedLoRALinear`
+    takes, with no base bias; None otherwise.
 
     >>> lora_parts(nn.Linear(2, 2)) is None
     True
@@ -184,9 +203,15 @@ def lora_parts(layer: nn.Module) -> Optional[Tuple[str, float]]:
     fused = layer if isinstance(layer, FusedLoRALinear) else FusedLoRALinear.from_module(layer)
     if fused is None or fused.base_layer.bias is not None:
         return None
-    if _dropout_p(fused.lora_dropout[fused.adapter]) != 0.0:
-        return None
-    return fused.adapter, fused.scaling
+    return LoRAParts(fused.adapter, fused.scaling, _dropout_p(fused.lora_dropout[fused.adapter]))
+
+
+def layer_dropout(layer: nn.Module, adapter: str, p: float, seed: DropoutSeed) -> AdapterDropout:
+    """The `AdapterDropout` of one LoRA layer for this call: off unless its dropout module
+    is in training mode (peft's rule: `model.eval()` turns adapter dropout off)."""
+    if p == 0.0 or not layer.lora_dropout[adapter].training:
+        return NO_DROPOUT
+    return AdapterDropout(p, seed, seed.salt(layer))
 
 
 class FusedLoRALinear(nn.Module):
@@ -196,10 +221,15 @@ class FusedLoRALinear(nn.Module):
     so its state dict keys equal peft's and a checkpoint of it loads into a peft model.
     `from_module` returns None for layers it can't compute exactly: several or no active
     adapters, merged weights, DoRA, LoRA bias, a trainable base weight, another dropout module.
-    Adapter dropout draws its own mask (same distribution as peft's, not the same bits).
+    Adapter dropout follows peft's distribution with a counter-based mask
+    (`xft.model.kernels.dropout`), not torch's generator: the same distribution, other bits.
+    `dropout_seed` is the model's `DropoutSeed` (`apply_fast_path` passes one and advances it
+    once per forward of the model); a layer built without one owns a seed and advances it at
+    each training call, which is right only when nothing recomputes the layer.
     """
 
-    def __init__(self, peft_layer: nn.Module, adapter: str):
+    def __init__(self, peft_layer: nn.Module, adapter: str,
+                 dropout_seed: Optional[DropoutSeed] = None):
         super().__init__()
         self.base_layer = peft_layer.base_layer
         self.lora_A = peft_layer.lora_A
@@ -207,11 +237,18 @@ class FusedLoRALinear(nn.Module):
         self.lora_dropout = peft_layer.lora_dropout
         self.adapter = adapter
         self.scaling = float(peft_layer.scaling[adapter])
+        self.dropout_p = _dropout_p(self.lora_dropout[adapter])
         self.in_features = peft_layer.in_features
         self.out_features = peft_layer.out_features
+        self.owns_seed = dropout_seed is None
+        self.dropout_seed = DropoutSeed() if dropout_seed is None else dropout_seed
+        # The peft layer's salt, so the fused MLP and q/k/v functions (which may have looked
+        # it up on the peft layer first) draw the same mask for this adapter.
+        self.dropout_salt = self.dropout_seed.salt(peft_layer)
 
     @classmethod
-    def from_module(cls, layer: nn.Module) -> Optional['FusedLoRALinear']:
+    def from_module(cls, layer: nn.Module,
+                    dropout_seed: Optional[DropoutSeed] = None) -> Optional['FusedLoRALinear']:
         base = getattr(layer, 'base_layer', None)
         supported_bases = (nn.Linear, ) + ((bnb.nn.Linear4bit, ) if bnb is not None else ())
         if not isinstance(base, supported_bases) or base.weight.requires_grad:
@@ -232,13 +269,19 @@ class FusedLoRALinear(nn.Module):
         if bnb is not None and isinstance(base, bnb.nn.Linear4bit) and getattr(
                 base.weight.quant_state, 'packing_format_for_cpu', False):
             return None  # repacked for CPU inference: no dequantize path
-        return cls(layer, name)
+        return cls(layer, name, dropout_seed)
+
+    def replayable_dropouts(self):
+        """The dropout modules whose masks this layer draws replayably (for the graphs)."""
+        return list(self.lora_dropout.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dropout = self.lora_dropout[self.adapter]
-        p = _dropout_p(dropout) if dropout.training else 0.0
+        dropout = layer_dropout(self, self.adapter, self.dropout_p, self.dropout_seed)
+        if dropout is not NO_DROPOUT and self.owns_seed:
+            self.dropout_seed.advance()
         return lora_linear(x, self.lora_A[self.adapter].weight, self.lora_B[self.adapter].weight,
-                           self.base_layer, self.scaling, p)
+                           self.base_layer, self.scaling, dropout)
 
     def extra_repr(self) -> str:
-        return f'{self.in_features}->{self.out_features}, scaling={self.scaling}'
+        return (f'{self.in_features}->{self.out_features}, scaling={self.scaling}'
+                + (f', dropout={self.dropout_p}' if self.dropout_p else ''))

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .backend import tl, triton, use_triton
-from .lora_linear import lora_parts
+from .dropout import NO_DROPOUT, DropoutSeed
+from .lora_linear import layer_dropout, lora_parts
 from .lora_projections import lora_projections
 
 
@@ -118,15 +119,17 @@ class FusedRoPEAttention(nn.Module):
     Training forwards (no KV cache, a registered attention implementation such as sdpa or
     flash) run here; anything else (generation with a cache, eager attention) is handed to
     the original module, kept as an unregistered reference so state dict keys are unchanged.
-    When q, k and v are LoRA layers with one shared adapter and no dropout (peft's or
-    `FusedLoRALinear`), they run as one function (`lora_projections`): one `x A^T` product
-    and one input-grad buffer instead of three.
+    When q, k and v are LoRA layers with one shared adapter (peft's or `FusedLoRALinear`),
+    they run as one function (`lora_projections`): one input-grad buffer instead of three,
+    and one `x A^T` product when there is no adapter dropout. With dropout each adapter
+    draws its own replayable mask from `dropout_seed` (the model's `DropoutSeed`; a module
+    built without one owns a seed and advances it at each training call).
     """
 
     _COPIED = ('config', 'layer_idx', 'head_dim', 'num_key_value_groups', 'scaling',
                'attention_dropout', 'is_causal')
 
-    def __init__(self, original: nn.Module):
+    def __init__(self, original: nn.Module, dropout_seed: DropoutSeed = None):
         super().__init__()
         for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
             setattr(self, name, getattr(original, name))
@@ -137,16 +140,19 @@ class FusedRoPEAttention(nn.Module):
         # don't change while training, and the forward then has no per-step branching.
         parts = [lora_parts(getattr(original, n)) for n in ('q_proj', 'k_proj', 'v_proj')]
         self.qkv_adapter = None
-        if all(parts) and len({adapter for adapter, _ in parts}) == 1:
-            self.qkv_adapter = parts[0][0]
-            self.qkv_scalings = tuple(scaling for _, scaling in parts)
+        if all(parts) and len({part.adapter for part in parts}) == 1:
+            self.qkv_adapter = parts[0].adapter
+            self.qkv_scalings = tuple(part.scaling for part in parts)
+            self.qkv_dropout_p = tuple(part.dropout_p for part in parts)
+        self.owns_seed = dropout_seed is None
+        self.dropout_seed = DropoutSeed() if dropout_seed is None else dropout_seed
 
     @classmethod
-    def from_module(cls, module: nn.Module):
+    def from_module(cls, module: nn.Module, dropout_seed: DropoutSeed = None):
         needed = ('q_proj', 'k_proj', 'v_proj', 'o_proj') + cls._COPIED
         if not all(hasattr(module, n) for n in needed) or hasattr(module, 'q_norm'):
             return None
-        return cls(module)
+        return cls(module, dropout_seed)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -174,7 +180,11 @@ class FusedRoPEAttention(nn.Module):
         layers = (self.q_proj, self.k_proj, self.v_proj)
         if self.qkv_adapter is None:
             return tuple(layer(hidden_states) for layer in layers)
-        adapters = [(layer.lora_A[self.qkv_adapter].weight, layer.lora_B[self.qkv_adapter].weight)
-                    for layer in layers]
+        adapter = self.qkv_adapter
+        adapters = [(layer.lora_A[adapter].weight, layer.lora_B[adapter].weight) for layer in layers]
+        dropouts = [layer_dropout(layer, adapter, p, self.dropout_seed)
+                    for layer, p in zip(layers, self.qkv_dropout_p)]
+        if self.owns_seed and any(d is not NO_DROPOUT for d in dropouts):
+            self.dropout_seed.advance()
         return lora_projections(hidden_states, adapters, [layer.base_layer for layer in layers],
-                                self.qkv_scalings)
+                                self.qkv_scalings, dropouts)
