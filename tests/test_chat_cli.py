@@ -166,14 +166,14 @@ def test_settings_errors_are_one_line(tiny_llama_dir, capsys, args, message):
     code = chat_tool.main([str(tiny_llama_dir), '--prompt', 'x', *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
-    assert err[-1].startswith('chat: ') and message in err[-1]
+    assert err[-1].startswith('xft chat: ') and message in err[-1]
     assert not any('Traceback' in line for line in err)
 
 
 def test_missing_model_folder_subprocess(tmp_path):
     result = run_chat(tmp_path / 'no_model', '--prompt', 'x')
-    assert result.returncode == 1
-    assert result.stderr.strip() == f'chat: {tmp_path / "no_model"}: model folder not found'
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'xft chat: {tmp_path / "no_model"}: model folder not found'
 
 
 def test_bits_without_bitsandbytes_is_one_line(tiny_llama_dir, capsys, monkeypatch):
@@ -181,7 +181,7 @@ def test_bits_without_bitsandbytes_is_one_line(tiny_llama_dir, capsys, monkeypat
     code = chat_tool.main([str(tiny_llama_dir), '--prompt-template', 'chatml', '--bits', '4',
                            '--prompt', 'x'])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[-1].startswith('chat: --bits 4 needs bitsandbytes')
+    assert code == 2 and err[-1].startswith('xft chat: --bits 4 needs bitsandbytes')
 
 
 def test_bits_4_loads_nf4_and_answers_like_training(tiny_llama_dir, capsys):

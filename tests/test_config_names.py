@@ -37,7 +37,7 @@ def check_train(tmp_path, capsys):
 
 def check_pth_to_hf(tmp_path, capsys):
     missing = tmp_path / 'iter_1.pth'
-    assert cli.main(['convert', 'pth_to_hf', NAME, str(missing), str(tmp_path / 'out')]) == 1
+    assert cli.main(['convert', 'pth_to_hf', NAME, str(missing), str(tmp_path / 'out')]) == 2
     # The config loaded (step 1 of 4); the checkpoint is what is missing.
     assert f'{missing}: checkpoint file not found' in capsys.readouterr().err
 
@@ -90,6 +90,6 @@ def test_a_bare_zoo_name_works_for(verb, fake_zoo, tmp_path, capsys):
 
 
 def test_an_unknown_name_is_one_line_for_the_data_commands(fake_zoo, capsys):
-    assert cli.main(['check-custom-dataset', 'no_such_config_anywhere']) == 1
+    assert cli.main(['check-custom-dataset', 'no_such_config_anywhere']) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'no_such_config_anywhere: no such config file' in err

@@ -212,7 +212,7 @@ def test_a_deepspeed_folder_without_deepspeed_installed_is_one_line(tmp_path, ti
     capsys.readouterr()
     code = pth_to_hf_main([str(config), str(DEEPSPEED_FIXTURE / 'iter_1.pth'), str(tmp_path / 'out')])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and 'needs deepspeed' in err[0]
+    assert code == 2 and len(err) == 1 and 'needs deepspeed' in err[0]
 
 
 def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
@@ -221,7 +221,7 @@ def test_a_folder_that_is_not_a_deepspeed_checkpoint_is_one_line(tmp_path, tiny_
     capsys.readouterr()
     code = pth_to_hf_main([str(config), str(tmp_path / 'iter_1.pth'), str(tmp_path / 'out')])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
+    assert code == 2 and len(err) == 1
     assert 'DeepSpeed' in err[0] or 'deepspeed' in err[0]
 
 

@@ -36,7 +36,7 @@ def test_misnamed_field_names_the_row_and_the_expected_fields(tmp_path, tiny_tok
                                 {'instruction': 'a', 'input': '', 'answer': 'b'}]))
     message = one_line_error(DataError, lambda: run(path, tiny_tokenizer,
                                                     dataset_map_fn=alpaca_map_fn))
-    assert message.startswith(f'{path} row 1: alpaca_map_fn expects fields '
+    assert message.startswith(f'{path} row 2: alpaca_map_fn expects fields '
                               "'instruction', 'input', 'output'; field 'output' is missing")
 
 
@@ -53,7 +53,7 @@ def test_empty_conversation(tmp_path, tiny_tokenizer):
     path.write_text(json.dumps([{'conversation': [{'input': 'a', 'output': 'b'}]},
                                 {'conversation': []}]))
     message = one_line_error(DataError, lambda: run(path, tiny_tokenizer))
-    assert message == f"{path} row 1: 'conversation' is empty"
+    assert message == f"{path} row 2: 'conversation' is empty"
 
 
 def test_empty_messages_for_openai_map_fn(tmp_path, tiny_tokenizer):
@@ -68,7 +68,7 @@ def test_non_string_field_in_every_row(tmp_path, tiny_tokenizer):
     path = tmp_path / 'data.json'
     path.write_text(json.dumps([{'conversation': [{'input': 'a', 'output': 5}]}]))
     message = one_line_error(DataError, lambda: run(path, tiny_tokenizer))
-    assert message == f"{path} row 0: turn 0 field 'output' is int, expected a string"
+    assert message == f"{path} row 1: turn 0 field 'output' is int, expected a string"
 
 
 def test_non_string_field_in_one_row(tmp_path, tiny_tokenizer):
@@ -93,7 +93,8 @@ def test_unknown_template_name(tmp_path, tiny_tokenizer):
     message = one_line_error(ConfigError, lambda: run(
         path, tiny_tokenizer,
         template_map_fn=dict(type=template_map_fn_factory, template='internlm3_chat')))
-    assert message.startswith("unknown prompt template 'internlm3_chat'; known: ")
+    assert message.startswith("unknown prompt template 'internlm3_chat'; did you mean "
+                              "'internlm_chat'? (known: ")
 
 
 def test_hub_name_offline_fails_fast(tiny_tokenizer):

@@ -90,8 +90,8 @@ def test_the_origin_rides_with_each_row_and_leaves_at_encode(tmp_path, tiny_toke
     # the file and row it came from.
     sampled = seen['load']
     assert len(sampled) == 8 and all(
-        row[ORIGIN] == f"{path} row {row['instruction'][1:]}" for row in sampled)
-    assert all(row[ORIGIN] == f"{path} row {row['conversation'][0]['input'].strip()[1:]}"
+        row[ORIGIN] == f"{path} row {int(row['instruction'][1:]) + 1}" for row in sampled)
+    assert all(row[ORIGIN] == f"{path} row {int(row['conversation'][0]['input'].strip()[1:]) + 1}"
                for row in seen['map'])
     assert stats.first_dropped_row == next(row[ORIGIN] for row in sampled
                                            if row['output'] == '<nooutput>')

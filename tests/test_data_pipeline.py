@@ -167,7 +167,7 @@ def test_alpaca_nooutput_rows_are_dropped_and_counted(tmp_path, tiny_tokenizer):
                               dataset_map_fn=alpaca_map_fn, pack_to_max_length=False)
     data, stats = run_pipeline(path, options)
     assert stats.rows_dropped_by_map_fn == 1 and len(data) == 1
-    assert stats.first_dropped_row == f'{path} row 0'
+    assert stats.first_dropped_row == f'{path} row 1'  # rows count from 1, like lines
 
 
 def test_hf_chat_template_through_the_pipeline(toy_rows, tiny_tokenizer):
@@ -195,15 +195,15 @@ def test_a_row_the_chat_template_cannot_render_is_named(tmp_path, tiny_tokenizer
         "{{ raise_exception('no booms here') }}{% endif %}"
         "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    # Row 0 is dropped by the map fn, so the failing row is the second one encoded: the
-    # message must still name the file's row 2.
+    # Row 1 is dropped by the map fn, so the failing row is the second one encoded: the
+    # message must still name the file's row 3 (rows count from 1).
     rows = [{'instruction': 'Draw a cat.', 'input': '', 'output': '<nooutput>'},
             {'instruction': 'Say hi.', 'input': '', 'output': 'Hi.'},
             {'instruction': 'Say boom.', 'input': '', 'output': 'Boom.'}]
     path = tmp_path / 'alpaca.json'
     path.write_text(json.dumps(rows))
     template = dict(type=template_map_fn_factory, template='hf_chat_template')
-    with pytest.raises(DataError, match=f'^{re.escape(str(path))} row 2: the chat_template '
+    with pytest.raises(DataError, match=f'^{re.escape(str(path))} row 3: the chat_template '
                                         'cannot render this conversation: no booms here'):
         process_hf_dataset(str(path), tokenizer, 64, dataset_map_fn=alpaca_map_fn,
                            template_map_fn=template, pack_to_max_length=False)

@@ -89,7 +89,7 @@ def test_template_map_fn_builds_new_turns():
 
 
 def test_unknown_template_name_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown prompt template 'chatmll'; known: "):
+    with pytest.raises(ConfigError, match="unknown prompt template 'chatmll'; did you mean 'chatml'\\? \\(known: "):
         template_map_fn_factory('chatmll')
     assert template_map_fn_factory('chatml').template is PROMPT_TEMPLATE.chatml
 

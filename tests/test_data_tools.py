@@ -63,15 +63,15 @@ def test_check_custom_dataset_lists_problems(tmp_path, tiny_llama_dir, capsys):
 
 def test_check_custom_dataset_reports_bad_data_in_one_line(tmp_path, tiny_llama_dir, capsys):
     config = write_config(tmp_path, tiny_llama_dir, [{'question': 'a', 'answer': 'b'}])
-    assert check_custom_dataset_main([str(config)]) == 1
+    assert check_custom_dataset_main([str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err
-    assert err.startswith('error: ') and "alpaca_map_fn expects fields" in err
-    assert 'data.json row 0' in err
+    assert err.startswith('xft check-custom-dataset: ') and "alpaca_map_fn expects fields" in err
+    assert 'data.json row 1' in err
 
 
 def test_check_custom_dataset_missing_config(tmp_path, capsys):
-    assert check_custom_dataset_main([str(tmp_path / 'none.py')]) == 1
+    assert check_custom_dataset_main([str(tmp_path / 'none.py')]) == 2
     assert 'no such config file' in capsys.readouterr().err
 
 
@@ -107,6 +107,6 @@ def test_cfg_options_override_the_data(tmp_path, tiny_llama_dir, capsys):
 
 def test_a_tokenizer_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
     config = write_config(tmp_path, tmp_path / 'no_model_here', ROWS)
-    assert check_custom_dataset_main([str(config)]) == 1
+    assert check_custom_dataset_main([str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith('error: cannot build the tokenizer')
+    assert err.startswith('xft check-custom-dataset: cannot build the tokenizer')

@@ -81,7 +81,7 @@ def test_missing_package_says_what_to_install_in_one_line(tmp_path, monkeypatch,
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None
                         if name == prep.GGUF_PACKAGE else real_find_spec(name, *a))
 
-    assert prep.main(['--cache-dir', str(tmp_path)]) == 1
+    assert prep.main(['--cache-dir', str(tmp_path)]) == 2
 
     captured = capsys.readouterr()
     assert captured.out == ''

@@ -64,10 +64,12 @@ def test_online_the_hub_is_asked_and_an_unreachable_one_is_one_line(online, monk
         asked.append(name)
         raise ConnectionError("Couldn't reach 'org/set' on the Hub (LocalEntryNotFoundError)")
     monkeypatch.setattr(load.datasets, 'load_dataset', unreachable)
+    # The quick probe (xft.utils.hub, through huggingface_hub's client) says the hub answers.
+    monkeypatch.setattr(load, 'probe_hub', lambda name, repo_type: None)
     with pytest.raises(DataError) as error:
         load.load_hub('org/set')
     assert asked == ['org/set']
     assert str(error.value) == (
         "dataset 'org/set' is not a local file or folder and the Hugging Face hub cannot be "
-        "reached (Couldn't reach 'org/set' on the Hub (LocalEntryNotFoundError)); download it "
-        'and point the config at the local path')
+        "reached (Couldn't reach 'org/set' on the Hub (LocalEntryNotFoundError)); download it, "
+        'or point the config at a local file (PART 1 data_path, or --cfg-options data_path=FILE)')

@@ -2,7 +2,8 @@
 
 Each verb maps to a ``main(argv) -> int`` in the module that does the work; this file only
 dispatches, so ``xft train ...`` and ``python tools/train.py ...`` run the same code. Whatever
-goes wrong because of the user's input ends in one line on stderr and a non-zero exit:
+goes wrong because of the user's input ends in one line on stderr and exit code 2 (the
+convention of every verb: ``xft.tools.command``):
 
     $ xft train no_such_config
     xft train: no_such_config: no such config file, and no config of that name in .../configs (see `xft list-cfg`)
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+from xft.tools.command import EXIT_INTERRUPTED, EXIT_USER_ERROR, fail, run_command
 from xft.utils.errors import UserError
 
 # verb -> (module, function, one-line help)
@@ -20,7 +22,7 @@ VERBS = {
     'list-cfg': ('xft.tools.cfg_tools', 'list_cfg_main', 'list the configs of the zoo [-p PATTERN]'),
     'copy-cfg': ('xft.tools.cfg_tools', 'copy_cfg_main', 'copy a zoo config to edit: copy-cfg NAME DIR'),
     'train': ('xft.tools.train', 'main',
-              'train a config (NPROC_PER_NODE=N xft train ... for N GPUs/processes)'),
+              'train a config (--max-iters N: a trial run; NPROC_PER_NODE=N: N GPUs/processes)'),
     'convert': (None, None, 'convert pth_to_hf CONFIG PTH OUT | convert merge BASE ADAPTER OUT'
                             ' | convert gguf MODEL OUT.gguf'),
     'chat': ('xft.tools.chat', 'main', 'chat with a model (--adapter, --bits 4, --prompt-template)'),
@@ -54,6 +56,8 @@ def print_help() -> None:
         print(f'  {verb:22s}{text}')
     print('\nConfigs are named by file name without .py (`xft list-cfg`) or given as a path.')
     print('Run `xft VERB --help` for the arguments of one verb.')
+    print('Exit codes: 0 done; 1 the answer is no (nothing matched, a check failed); 2 bad input,')
+    print('said in one line `xft VERB: ...`; 130 interrupted; 128+N stopped by signal N after saving.')
 
 
 def print_convert_help() -> None:
@@ -61,11 +65,6 @@ def print_convert_help() -> None:
     for verb, (_, _, text) in CONVERT_VERBS.items():
         print(f'  {verb:12s}{text}')
     print('\nRun `xft convert pth_to_hf --help` (or merge, gguf) for the arguments.')
-
-
-def fail(verb: str, message: str, code: int = 2) -> int:
-    print(f'xft {verb}: {message}' if verb else f'xft: {message}', file=sys.stderr)
-    return code
 
 
 def load_verb(verb: str, module_name: str, function_name: str):
@@ -83,13 +82,7 @@ def load_verb(verb: str, module_name: str, function_name: str):
 
 def run_verb(verb: str, module_name: str, function_name: str, argv: list) -> int:
     """Run one verb; user errors and interrupts become one line and an exit code."""
-    try:
-        return int(load_verb(verb, module_name, function_name)(argv) or 0)
-    except UserError as error:
-        from xft.engine.config import user_message
-        return fail(verb, user_message(error))
-    except KeyboardInterrupt:
-        return fail(verb, 'interrupted', 130)
+    return run_command(verb, lambda: load_verb(verb, module_name, function_name)(argv))
 
 
 def torchrun_command(argv: list, environ=None) -> list:
@@ -111,14 +104,19 @@ def torchrun_command(argv: list, environ=None) -> list:
 
 
 def launch_torchrun(argv: list) -> int:
+    """Check the config once here (one line if it is wrong, not one per process and torchrun's
+    report), then start the processes."""
     try:
         command = torchrun_command(argv)
     except UserError as error:
         return fail('train', str(error))
+    checked = run_command('train', lambda: load_verb('train', 'xft.tools.train', 'check_before_launch')(argv))
+    if checked:
+        return checked
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
-        return fail('train', 'interrupted', 130)
+        return fail('train', 'interrupted', EXIT_INTERRUPTED)
 
 
 def wants_distributed(rest: list) -> bool:
@@ -148,7 +146,8 @@ def main(argv=None) -> int:
             return 0 if rest else 2
         if rest[0] not in CONVERT_VERBS:
             return fail('convert', f'unknown conversion {rest[0]!r}; expected one of '
-                                   f'{", ".join(CONVERT_VERBS)}, e.g. `xft convert pth_to_hf CONFIG PTH OUT`')
+                                   f'{", ".join(CONVERT_VERBS)}, e.g. `xft convert pth_to_hf CONFIG PTH OUT`',
+                        EXIT_USER_ERROR)
         module_name, function_name, _ = CONVERT_VERBS[rest[0]]
         return run_verb(f'convert {rest[0]}', module_name, function_name, rest[1:])
     if verb not in VERBS:

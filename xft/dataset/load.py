@@ -6,7 +6,8 @@ and so that a ``.jsonl`` file that really holds one JSON array (the MedQA2019 ex
 A JSONL line that is a bare list is read as ``{'messages': [...]}`` (XTuner's openai_sft.jsonl).
 
 Every loader returns a ``datasets.Dataset`` whose ``ORIGIN`` column names the file and line (or
-row) each row came from: the origin travels with the row through mapping, sampling and dropping,
+row) each row came from, both counted from 1 (``data.json row 1`` is the first object of the
+array, as ``data.jsonl line 1`` is the first line): the origin travels with the row through mapping, sampling and dropping,
 so a later step that fails on a row names it (``data.json row 17: ...``). The encode step drops
 the column.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from xft.utils.env import env_flag
+from xft.utils.hub import HubMissing, hub_offline, offline_reason, probe_hub  # noqa: F401 (hub_offline: for callers)
 from xft.utils.errors import ConfigError, DataError
 
 JSON_SUFFIXES = ('.json', '.jsonl')
@@ -81,15 +82,14 @@ def read_rows(path):
         except Exception as error:  # pyarrow raises many types for a broken file
             raise DataError(f'{path}: cannot read {suffix[1:]} ({error})') from None
         rows = table.to_list()
-        return rows, [f'{path} row {i}' for i in range(len(rows))]
+        return rows, _numbered(path, 'row', len(rows))
     if suffix not in JSON_SUFFIXES + TEXT_SUFFIXES:
         raise DataError(f'{path}: unsupported file type {suffix!r}; expected one of '
                         f'{", ".join(DATA_SUFFIXES)}')
     text = _read_utf8(path)
     if suffix in TEXT_SUFFIXES:
         lines = text.splitlines()
-        return [{'text': line} for line in lines], [f'{path} line {i + 1}' for i in
-                                                    range(len(lines))]
+        return [{'text': line} for line in lines], _numbered(path, 'line', len(lines))
     stripped = text.lstrip()
     if suffix == '.json' and stripped.startswith('{') and '\n' in stripped.rstrip():
         # A pretty-printed single object is neither an array of rows nor JSON lines.
@@ -111,14 +111,17 @@ def read_rows(path):
 
 
 def load_hub(name, split='train', **kwargs):
-    """A hub dataset; offline, fail at once with one line instead of retrying for ~50 s.
-
-    Offline is what huggingface_hub itself reads (``HF_HUB_OFFLINE``), so a mirror named by
-    ``HF_ENDPOINT`` is used when online. A hub that cannot be reached while online ends in the
-    same one line, after datasets' own retries.
-    """
-    if hub_offline():
-        raise DataError(_unreachable(name))
+    """A hub dataset; when the hub is off or cannot be reached, one line at once instead of
+    datasets' ~50 s of retries (``xft.utils.hub``: one quick probe, mirrors and proxies apply)."""
+    offline = offline_reason()
+    if offline:
+        raise DataError(_unreachable(name, offline))
+    try:
+        reason = probe_hub(name, repo_type='dataset')
+    except HubMissing as error:
+        raise DataError(f'dataset {name!r} is not a local file or folder, and {error}') from None
+    if reason is not None:
+        raise DataError(_unreachable(name, reason))
     try:
         loaded = datasets.load_dataset(name, **kwargs)
     except ConnectionError as error:
@@ -129,17 +132,10 @@ def load_hub(name, split='train', **kwargs):
     return _whole(loaded, f'dataset {name!r}')
 
 
-def hub_offline() -> bool:
-    """True when the hub is switched off: huggingface_hub's offline constant (read when it was
-    imported), or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set since."""
-    from huggingface_hub import constants
-    return bool(constants.HF_HUB_OFFLINE) or env_flag('HF_HUB_OFFLINE') or \
-        env_flag('HF_DATASETS_OFFLINE')
-
-
-def _unreachable(name, why='offline'):
+def _unreachable(name, why):
     return (f'dataset {name!r} is not a local file or folder and the Hugging Face hub cannot be '
-            f'reached ({why}); download it and point the config at the local path')
+            f'reached ({why}); download it, or point the config at a local file (PART 1 data_path, '
+            'or --cfg-options data_path=FILE)')
 
 
 def _load_config_entry(spec, split):
@@ -208,11 +204,11 @@ def _json_array_rows(path, text):
                         f'{error.colno})') from None
     if not isinstance(rows, list):
         raise DataError(f'{path}: expected a JSON array of rows')
-    for index, row in enumerate(rows):
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
-            raise DataError(f'{path} row {index}: expected a JSON object, got '
+            raise DataError(f'{path} row {number}: expected a JSON object, got '
                             f'{type(row).__name__}')
-    return rows, [f'{path} row {i}' for i in range(len(rows))]
+    return rows, _numbered(path, 'row', len(rows))
 
 
 def _json_lines_rows(path, text):
@@ -273,7 +269,12 @@ def _whole(dataset, name):
     One already carrying origins (loaded here before) keeps them."""
     if ORIGIN in dataset.column_names:
         return dataset
-    return dataset.add_column(ORIGIN, [f'{name} row {index}' for index in range(len(dataset))])
+    return dataset.add_column(ORIGIN, _numbered(name, 'row', len(dataset)))
+
+
+def _numbered(name, unit, count):
+    """'data.json row 1', 'data.json row 2', ...: origins count from 1, like lines."""
+    return [f'{name} {unit} {number}' for number in range(1, count + 1)]
 
 
 def _pick_split(dataset_dict, split, name):

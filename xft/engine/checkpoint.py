@@ -47,19 +47,40 @@ def mmengine_globals() -> list:
     return [HistoryBuffer, getattr, codecs.encode, *_numpy_globals()]
 
 
+# What torch.load raises on a file that is not a whole checkpoint (a text file, a copy cut short):
+# the zip reader's RuntimeError/OSError, the legacy unpickler's KeyError/EOFError/IndexError ...
+_UNREADABLE = (RuntimeError, OSError, EOFError, KeyError, IndexError, ValueError, TypeError,
+               AttributeError, pickle.UnpicklingError)
+
+
+def unreadable_checkpoint(filename, error) -> UserError:
+    reason = (str(error).strip().splitlines() or [''])[0][:160]
+    return UserError(f'{filename}: not a readable checkpoint ({type(error).__name__}: {reason}); '
+                     'expected a .pth file written by xft train (is it cut short, or another kind '
+                     'of file?)')
+
+
 def load_checkpoint_file(filename, map_location='cpu') -> dict:
     """Load an xft checkpoint with the weights-only unpickler (tensors and plain values only);
-    a plain mmengine checkpoint with mmengine's few extra types allowed."""
+    a plain mmengine checkpoint with mmengine's few extra types allowed; anything else is one
+    UserError line."""
     filename = os.path.expanduser(str(filename))
     if not os.path.isfile(filename):
         raise UserError(f'{filename}: checkpoint file not found')
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        print_log(f'{filename}: not an xft checkpoint (it holds mmengine objects); loading it with '
-                  "mmengine's HistoryBuffer and numpy types allowed", logger='current')
-    with torch.serialization.safe_globals(mmengine_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        pass  # objects the strict list refuses: perhaps a plain mmengine checkpoint
+    except _UNREADABLE as error:
+        raise unreadable_checkpoint(filename, error) from None
+    try:
+        with torch.serialization.safe_globals(mmengine_globals()):
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    except _UNREADABLE as error:
+        raise unreadable_checkpoint(filename, error) from None
+    print_log(f'{filename}: not an xft checkpoint (it holds mmengine objects); loaded it with '
+              "mmengine's HistoryBuffer and numpy types allowed", logger='current')
+    return checkpoint
 
 
 def register_checkpoint_loader() -> None:
@@ -77,7 +98,7 @@ def _load_mapped(path):
     try:
         with torch.serialization.safe_globals(mmengine_globals()):
             return torch.load(str(path), map_location='cpu', weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError):  # not a zip-format file: no mapping
+    except _UNREADABLE:  # not a zip-format file (no mapping), or not a checkpoint: say which
         return load_checkpoint_file(path)
 
 

@@ -26,6 +26,7 @@ import re
 import sys
 from pathlib import Path
 
+from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import ConfigError, UserError
 from xft.utils.templates import USE_TOKENIZER_CHAT_TEMPLATE
@@ -45,7 +46,7 @@ BANNER = (f'Type a message and press Enter twice to send it. {RESET_COMMAND} cle
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog='chat', description='Chat with a model (and adapter) in its training prompt format.')
+        prog='xft chat', description='Chat with a model (and adapter) in its training prompt format.')
     parser.add_argument('model', help='the model folder (a merged model or the adapter\'s base), '
                         'or a .gguf file')
     parser.add_argument('--adapter', help='a PEFT adapter folder to apply (from pth_to_hf)')
@@ -75,6 +76,7 @@ def parse_args(argv):
     parser.add_argument('--prompt', help='answer this one message and exit')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help='allow model code shipped in the model folder to run (off by default)')
+    parser.add_argument('--verbose', action='store_true', help='show library notices too')
     return parser.parse_args(argv)
 
 
@@ -125,13 +127,39 @@ def model_location(model):
 
 
 def check_model_paths(args):
-    if Path(args.model).suffix == '.gguf' and not Path(args.model).is_file():
-        raise UserError(f'{args.model}: GGUF file not found')
-    if (not Path(args.model).is_dir() and not _looks_like_hub_name(args.model)
-            and Path(args.model).suffix != '.gguf'):
-        raise UserError(f'{args.model}: model folder not found')
+    """The model is a model folder, a .gguf file or a reachable hub id, the adapter an adapter
+    folder: checked before anything loads, each failure one line."""
+    from xft.tools.merge import require_model_folder
     if args.adapter and not (Path(args.adapter) / 'adapter_config.json').is_file():
         raise UserError(f'{args.adapter}: not a PEFT adapter folder (no adapter_config.json)')
+    if Path(args.model).suffix == '.gguf':
+        if not Path(args.model).is_file():
+            raise UserError(f'{args.model}: GGUF file not found')
+    elif Path(args.model).is_dir():
+        require_model_folder(args.model)
+    elif _looks_like_hub_name(args.model):
+        require_hub_model(args.model)
+    else:
+        raise UserError(f'{args.model}: model folder not found')
+
+
+def require_hub_model(name):
+    """A hub id is cached or the hub answers; else one line instead of ~50 s of retries."""
+    from xft.utils.hub import HubMissing, go_offline, is_cached, offline_reason, probe_hub
+    cached, offline = is_cached(name), offline_reason(datasets=False)
+    if cached and offline:
+        return
+    try:
+        reason = offline or probe_hub(name)
+    except HubMissing as error:
+        raise UserError(f'{name}: not a local folder, and {error}') from None
+    if reason is None:
+        return
+    if not cached:
+        raise UserError(f'{name}: not a local folder, not in the Hugging Face cache, and the hub '
+                        f'cannot be reached ({reason}); give a local model folder, or connect to the '
+                        'network (HF_ENDPOINT=URL for a mirror)')
+    go_offline()
 
 
 def quantization_config(bits, dtype):
@@ -319,16 +347,9 @@ def chat(args):
 
 
 def main(argv=None) -> int:
-    quiet_library_notices()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        chat(args)
-    except UserError as error:
-        print(f'chat: {error}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_library_notices(verbose='--verbose' in argv)
+    return run_command('chat', chat, parse_args(argv))
 
 
 if __name__ == '__main__':

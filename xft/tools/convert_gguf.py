@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
 
@@ -197,13 +198,7 @@ def _describe_template(template_source, jinja, vocab, tokenizer):
 
 def main(argv=None) -> int:
     quiet_library_notices()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        convert(args)
-    except UserError as error:   # one line, as the `xft` dispatcher prints them
-        print(f'xft convert gguf: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_command('convert gguf', convert, parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == '__main__':

@@ -1,15 +1,16 @@
 """The data commands: ``xft check-custom-dataset``, ``xft log-dataset``, ``xft list-dataset-format``.
 
-Each ``*_main(argv) -> int`` parses its arguments, prints its report, and returns the exit code:
-0 when the data is usable, 1 with a one-line message when it is not. A config is named as for
-every other verb: a path or the bare name of a zoo config (``xft.engine.config.load_config``).
+Each ``*_main(argv) -> int`` parses its arguments, prints its report, and returns the exit code
+(``xft.tools.command``): 0 when the data is usable, 2 with one line ``xft VERB: ...`` naming the
+file and row when it is not. A config is named as for every other verb: a path or the bare name
+of a zoo config (``xft.engine.config.load_config``).
 """
 import argparse
 import json
-import sys
 
+from xft.tools.command import run_command
 from xft.utils.constants import IGNORE_INDEX
-from xft.utils.errors import ConfigError, UserError
+from xft.utils.errors import ConfigError
 
 TRAINED_OPEN, TRAINED_CLOSE = '«', '»'
 SHOW_CHOICES = ('text', 'masked_text', 'input_ids', 'labels', 'all')
@@ -29,24 +30,23 @@ def check_custom_dataset_main(argv) -> int:
     _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
+    return run_command('check-custom-dataset', check_custom_dataset, args)
+
+
+def check_custom_dataset(args) -> None:
     from xft.engine.config import load_config
-    try:
-        entries = dataset_entries(load_config(args.config, args.cfg_options))
-        problems = []
-        for number, entry in enumerate(entries):
-            if len(entries) > 1:
-                print(f'=== dataset {number + 1} of {len(entries)} ===')
-            problems += check_entry(entry, args.max_rows)
-    except UserError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
+    entries = dataset_entries(load_config(args.config, args.cfg_options))
+    problems = []
+    for number, entry in enumerate(entries):
+        if len(entries) > 1:
+            print(f'=== dataset {number + 1} of {len(entries)} ===')
+        problems += check_entry(entry, args.max_rows)
     if problems:
         print(f'{len(problems)} problem(s):')
         for problem in problems:
             print(f'  - {problem}')
     else:
         print('no problems found')
-    return 0
 
 
 def check_entry(entry, max_rows=None):
@@ -80,6 +80,12 @@ def problems_found(stats, options):
                         '(truncated before the answer) and were dropped')
     if stats.samples_kept == 0:
         problems.append('no sample is left to train on')
+    return problems + tokenizer_problems(options)
+
+
+def tokenizer_problems(options):
+    """What the tokenizer and template would get wrong in training or generation."""
+    problems = []
     tokenizer = options.tokenizer
     template = getattr(options.template_map_fn, 'template', None) or {}
     for name in ('SUFFIX',):
@@ -108,20 +114,19 @@ def log_dataset_main(argv) -> int:
     _add_cfg_options(parser)
     args = parser.parse_args(argv)
     _quiet_progress_bars()
+    return run_command('log-dataset', log_dataset, args)
+
+
+def log_dataset(args) -> None:
+    from xft.dataset.pipeline import run_pipeline
     from xft.engine.config import load_config
-    try:
-        from xft.dataset.pipeline import run_pipeline
-        for entry in dataset_entries(load_config(args.config, args.cfg_options)):
-            dataset, options = pipeline_inputs(entry, args.max_rows)
-            data, stats = run_pipeline(dataset, options)
-            print(f'counts: {stats.summary()}')
-            for index in range(args.index, min(args.index + args.count, len(data))):
-                print(f'=== row {index} ===')
-                print(show_row(data[index], options.tokenizer, args.show))
-    except UserError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
-    return 0
+    for entry in dataset_entries(load_config(args.config, args.cfg_options)):
+        dataset, options = pipeline_inputs(entry, args.max_rows)
+        data, stats = run_pipeline(dataset, options)
+        print(f'counts: {stats.summary()}')
+        for index in range(args.index, min(args.index + args.count, len(data))):
+            print(f'=== row {index} ===')
+            print(show_row(data[index], options.tokenizer, args.show))
 
 
 def show_row(row, tokenizer, show):

@@ -35,7 +35,7 @@ def run_step(title, command, capture=False):
     started = time.monotonic()
     result = subprocess.run(command, stdout=subprocess.PIPE if capture else None, text=True)
     if result.returncode != 0:
-        raise SystemExit(f'demo: step "{title}" failed with exit code {result.returncode}')
+        raise SystemExit(f'xft demo: step "{title}" failed with exit code {result.returncode}')
     print(f'    ({time.monotonic() - started:.0f} s)', flush=True)
     return result.stdout if capture else None
 
@@ -50,7 +50,7 @@ def ask(title, model, question, *extra):
 def last_checkpoint(work_dir: Path) -> Path:
     pointer = work_dir / 'last_checkpoint'
     if not pointer.is_file():
-        raise SystemExit(f'demo: training wrote no checkpoint into {work_dir}')
+        raise SystemExit(f'xft demo: training wrote no checkpoint into {work_dir}')
     return Path(pointer.read_text().strip())
 
 
@@ -102,9 +102,9 @@ def main(argv=None) -> int:
     if after_gguf != after_merged:
         problems.append('the GGUF file answers differently from the merged model')
     if problems:
-        print('demo: ' + '; '.join(problems), file=sys.stderr)
+        print('xft demo: ' + '; '.join(problems), file=sys.stderr)
         return 1
-    print(f'demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris;'
+    print(f'xft demo: OK: the model now says it is {NEW_NAME} and still knows that the capital of France is Paris;'
           f' {gguf_file} answers the same.')
     return 0
 

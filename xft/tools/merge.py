@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
 
@@ -24,7 +25,7 @@ DEVICES = ('cpu', 'cuda', 'auto')
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog='merge', description='Merge a PEFT LoRA adapter into its base model.')
+        prog='xft convert merge', description='Merge a PEFT LoRA adapter into its base model.')
     parser.add_argument('base', help='the base model folder (or hub name)')
     parser.add_argument('adapter', help='the PEFT adapter folder (from pth_to_hf)')
     parser.add_argument('save_dir', help='the folder to write the merged model to')
@@ -37,6 +38,7 @@ def parse_args(argv):
                         help='write safetensors (default) or, with --no-safe-serialization, .bin')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help='allow model code shipped in the base folder to run (off by default)')
+    parser.add_argument('--verbose', action='store_true', help='show library notices too')
     return parser.parse_args(argv)
 
 
@@ -54,7 +56,8 @@ def load_merged_model(base, adapter, device='cpu', trust_remote_code=False):
     if not (Path(adapter) / 'adapter_config.json').is_file():
         raise UserError(f'{adapter}: not a PEFT adapter folder (no adapter_config.json)')
     if not Path(base).is_dir():
-        raise UserError(f'{base}: base model folder not found')
+        raise UserError(f'{base}: base model folder not found (merge needs the base model on disk)')
+    require_model_folder(base)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -96,19 +99,30 @@ def merge_adapter(base, adapter, save_dir, max_shard_size='2GB', device='cpu',
     return Path(save_dir)
 
 
-def main(argv=None) -> int:
-    quiet_library_notices()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def require_model_folder(folder) -> None:
+    """A Hugging Face model folder holds config.json; say what the folder is instead."""
+    folder = Path(folder)
+    if (folder / 'config.json').is_file():
+        return
+    if (folder / 'adapter_config.json').is_file():
+        raise UserError(f'{folder}: a PEFT adapter folder, not a model folder (no config.json); give '
+                        'the base model here and the adapter with --adapter')
+    raise UserError(f'{folder}: no config.json in this folder; expected a Hugging Face model folder '
+                    '(config.json and the weights), e.g. the output of xft convert merge')
+
+
+def merge(args) -> None:
     started = time.perf_counter()
-    try:
-        merge_adapter(args.base, args.adapter, args.save_dir, max_shard_size=args.max_shard_size,
-                      device=args.device, safe_serialization=args.safe_serialization,
-                      trust_remote_code=args.trust_remote_code)
-    except UserError as error:
-        print(f'merge: {error}', file=sys.stderr)
-        return 1
+    merge_adapter(args.base, args.adapter, args.save_dir, max_shard_size=args.max_shard_size,
+                  device=args.device, safe_serialization=args.safe_serialization,
+                  trust_remote_code=args.trust_remote_code)
     print(f'saved the merged model to {args.save_dir} in {time.perf_counter() - started:.1f} s')
-    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_library_notices(verbose='--verbose' in argv)
+    return run_command('convert merge', merge, parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -4,10 +4,9 @@ The reading and drawing live in ``xft.engine.loss_curve`` (the ``LossCurveHook``
 same picture when training ends); this is the command around them.
 """
 import argparse
-import sys
 
 from xft.engine.loss_curve import DEFAULT_KEYS, DEFAULT_PNG, plot_work_dir
-from xft.utils.errors import UserError
+from xft.tools.command import run_command
 
 
 def parse_args(argv):
@@ -23,15 +22,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def plot(args) -> None:
+    print(plot_work_dir(args.work_dir, args.out, tuple(args.keys), args.all_runs))
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        path = plot_work_dir(args.work_dir, args.out, tuple(args.keys), args.all_runs)
-    except UserError as error:
-        print(f'xft plot-log: {error}', file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_command('plot-log', plot, parse_args(argv))
 
 
 if __name__ == '__main__':

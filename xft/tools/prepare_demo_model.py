@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from xft.tools.command import run_command
 from xft.utils.errors import UserError
 
 DEMO_MODEL_DIRNAME = 'smollm2-135m-instruct'
@@ -161,13 +162,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
-    try:
-        folder = prepare_demo_model(args.cache_dir)
-    except UserError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
-    print(folder)
-    return 0
+    return run_command('prepare-demo-model', lambda: print(prepare_demo_model(args.cache_dir)))
 
 
 if __name__ == '__main__':

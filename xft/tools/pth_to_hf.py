@@ -21,15 +21,15 @@ import time
 
 from mmengine.config import DictAction
 
+from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
-from xft.utils.errors import UserError
 
 STEPS = 4
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog='pth_to_hf', description='Convert an xft training checkpoint to a Hugging Face '
+        prog='xft convert pth_to_hf', description='Convert an xft training checkpoint to a Hugging Face '
         'PEFT adapter (LoRA/QLoRA) or a full model folder (full fine-tune).')
     parser.add_argument('config', help='the training config (a path or a config zoo name)')
     parser.add_argument('pth_model', help='the checkpoint, e.g. work_dirs/<cfg>/iter_500.pth')
@@ -43,7 +43,9 @@ def parse_args(argv):
                         action=argparse.BooleanOptionalAction,
                         help='write safetensors (default) or, with --no-safe-serialization, .bin')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
-                        help='override config entries, e.g. model.lora.r=16')
+                        help='override config entries as for training, e.g. '
+                        'pretrained_model_name_or_path=DIR model.lora.r=16')
+    parser.add_argument('--verbose', action='store_true', help='show library notices too')
     return parser.parse_args(argv)
 
 
@@ -67,7 +69,8 @@ def convert(args):
     import torch
 
     from xft.engine.checkpoint import read_checkpoint_state_dict
-    from xft.engine.config import load_config
+    from xft.engine.config import load_config, resolve_config
+    from xft.engine.model_sources import check_model_sources
     from xft.model.export import (export_weights, is_lora_state_dict, llm_state_dict, require_llm,
                                   save_tokenizer_and_config)
 
@@ -75,6 +78,7 @@ def convert(args):
     progress.step(f'reading config {args.config}')
     cfg = load_config(args.config, args.cfg_options)
     require_llm(cfg)
+    check_model_sources(cfg, resolve_config(args.config))  # the base's config.json, the tokenizer
 
     progress.step(f'reading checkpoint {args.pth_model}')
     state_dict = llm_state_dict(read_checkpoint_state_dict(args.pth_model))
@@ -98,14 +102,9 @@ def convert(args):
 
 
 def main(argv=None) -> int:
-    quiet_library_notices()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        convert(args)
-    except UserError as error:
-        print(f'pth_to_hf: {error}', file=sys.stderr)
-        return 1
-    return 0
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_library_notices(verbose='--verbose' in argv)
+    return run_command('convert pth_to_hf', convert, parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -2,6 +2,11 @@
 # on Alpaca (tatsu-lab/alpaca, 52k English instructions), 3 epochs.
 #
 #   xft train internlm_7b_qlora_alpaca_e3
+# a trial run first: 3 iterations, each logged, the loss curve drawn, no evaluations:
+#   xft train internlm_7b_qlora_alpaca_e3 --max-iters 3
+# without the hub, on a local model folder and one local data file:
+#   xft train internlm_7b_qlora_alpaca_e3 --max-iters 3 \
+#       --cfg-options pretrained_model_name_or_path=DIR data_path=FILE
 # on 8 GPUs of one machine:
 #   NPROC_PER_NODE=8 xft train internlm_7b_qlora_alpaca_e3
 # a copy to edit (PART 1), then train the copy:

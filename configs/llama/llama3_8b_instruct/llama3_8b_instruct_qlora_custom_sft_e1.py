@@ -2,6 +2,11 @@
 # on your own data in OpenAI messages format, 1 epoch.
 #
 #   xft train llama3_8b_instruct_qlora_custom_sft_e1
+# a trial run first: 3 iterations, each logged, the loss curve drawn, no evaluations:
+#   xft train llama3_8b_instruct_qlora_custom_sft_e1 --max-iters 3
+# without the hub, on a local model folder and one local data file:
+#   xft train llama3_8b_instruct_qlora_custom_sft_e1 --max-iters 3 \
+#       --cfg-options pretrained_model_name_or_path=DIR data_path=FILE
 # on 8 GPUs of one machine:
 #   NPROC_PER_NODE=8 xft train llama3_8b_instruct_qlora_custom_sft_e1
 # a copy to edit (PART 1), then train the copy:

@@ -2,6 +2,11 @@
 # on Alpaca-GPT4 Chinese (silk-road/alpaca-data-gpt4-chinese), 3 epochs.
 #
 #   xft train qwen1_5_7b_chat_qlora_alpaca_zh_e3
+# a trial run first: 3 iterations, each logged, the loss curve drawn, no evaluations:
+#   xft train qwen1_5_7b_chat_qlora_alpaca_zh_e3 --max-iters 3
+# without the hub, on a local model folder and one local data file:
+#   xft train qwen1_5_7b_chat_qlora_alpaca_zh_e3 --max-iters 3 \
+#       --cfg-options pretrained_model_name_or_path=DIR data_path=FILE
 # on 8 GPUs of one machine:
 #   NPROC_PER_NODE=8 xft train qwen1_5_7b_chat_qlora_alpaca_zh_e3
 # a copy to edit (PART 1), then train the copy:

@@ -81,6 +81,11 @@ def require_list(row, key, map_fn, expected=None):
 
 
 def _missing(row, key, map_fn, expected):
-    present = ', '.join(repr(k) for k in row) if isinstance(row, dict) else type(row).__name__
+    """The error for a missing field. A row of a file whose other rows have the field holds it as
+    None (Arrow gives every row every column): only the fields with a value are "present"."""
+    if isinstance(row, dict):
+        present = ', '.join(repr(k) for k, v in row.items() if v is not None) or 'no fields'
+    else:
+        present = type(row).__name__
     return DataError(f'{map_fn.__name__} expects fields {expected or expected_fields(map_fn)}; '
                      f'field {key!r} is missing (row has {present})')

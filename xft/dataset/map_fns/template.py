@@ -7,7 +7,7 @@ trained is decided later, in ``xft.dataset.encode``: output (+ SUFFIX, + EOS), n
 """
 from mmengine.utils.misc import get_object_from_string
 
-from xft.utils.errors import ConfigError
+from xft.utils.errors import ConfigError, did_you_mean
 from xft.utils.templates import PROMPT_TEMPLATE, USE_TOKENIZER_CHAT_TEMPLATE
 
 
@@ -18,8 +18,9 @@ def resolve_template(template):
             return PROMPT_TEMPLATE[template]
         found = get_object_from_string(template) if '.' in template else None
         if found is None:
-            raise ConfigError(f'unknown prompt template {template!r}; known: '
-                              f'{", ".join(sorted(PROMPT_TEMPLATE))}')
+            raise ConfigError(f'unknown prompt template {template!r}'
+                              f'{did_you_mean(template.split(".")[-1], PROMPT_TEMPLATE)} (known: '
+                              f'{", ".join(sorted(PROMPT_TEMPLATE))})')
         template = found
     if not isinstance(template, dict):
         raise ConfigError(f'a prompt template must be a dict or a name, got '

@@ -6,6 +6,10 @@ to ``<work_dir>/eval_outputs/iter_<N>.txt`` (readable) and ``eval_outputs/answer
 record per answer, for scripts). Prompts are built by the training encoder, so the model is
 asked in exactly the format it learns (``xft.model.generation``).
 
+A run that is stopping (SIGTERM/SIGINT, see ``preemption_hook``) does not wait for answers: a
+signal abandons a generation in progress, and no evaluation starts after it. ``xft train
+--max-iters N`` (a trial run) leaves this hook out.
+
 Generating must not change training: the hook restores train/eval mode, the config's
 ``use_cache`` and leaves gradient checkpointing as it was, and it keeps bitsandbytes from
 repacking 4-bit weights into its CPU inference layout (which silently turns every LoRA grad
@@ -26,6 +30,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 
+from xft.engine.hooks.preemption_hook import StopRequested, interruptible_by_stop, stop_requested
 from xft.model.generation import (RAW_TEXT_TEMPLATE, GenerationSettings,
                                   encode_for_generation, generate_replies, stop_words_for)
 from xft.model.quantization import keep_4bit_weights_trainable_on_cpu
@@ -75,6 +80,7 @@ class EvaluateChatHook(Hook):
         extra_stop_words = list(stop_words or []) + ([stop_word] if stop_word else [])
         self.stop_words = stop_words_for(resolve_template(prompt_template), self.tokenizer,
                                          extra_stop_words)
+        self.max_new_tokens = max_new_tokens
         self.settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0,
                                            extra=dict(generation_kwargs or {}))
         self._last_iteration = None
@@ -109,15 +115,20 @@ class EvaluateChatHook(Hook):
     # --- what ------------------------------------------------------------------------------
 
     def _evaluate(self, runner, iteration):
+        if stop_requested(runner):
+            runner.logger.info(f'EvaluateChatHook: skipped at iter {iteration}: the run is stopping')
+            return None
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        llm = model.llm
+        runner.logger.info(f'EvaluateChatHook: answering {len(self.prompts)} inputs at iter '
+                           f'{iteration} (up to {self.max_new_tokens} new tokens each) ...')
         started = time.perf_counter()
-        with _generation_state(llm):
-            # One batch for all inputs: on a CPU that dequantizes 4-bit weights at every step,
-            # three inputs took 11 s batched against 21.5 s one by one (SmolLM2-135M, 24
-            # tokens). In float32 the answers are the same; in bf16 padding may flip a near-tie.
-            answers = generate_replies(llm, self.tokenizer, self.prompts, self.settings,
-                                       self.stop_words)
+        try:
+            with interruptible_by_stop(runner):
+                answers = self._generate(model.llm)
+        except StopRequested as signal_name:
+            runner.logger.info(f'EvaluateChatHook: {signal_name} received; evaluation at iter '
+                               f'{iteration} abandoned')
+            return None
         seconds = time.perf_counter() - started
         self._last_iteration = iteration
         for text, answer in zip(self.evaluation_inputs, answers):
@@ -126,6 +137,15 @@ class EvaluateChatHook(Hook):
         if is_main_process():
             self._write(Path(runner.work_dir), iteration, answers, seconds)
         return answers
+
+    def _generate(self, llm):
+        """The answers to every input, in one batch."""
+        with _generation_state(llm):
+            # One batch for all inputs: on a CPU that dequantizes 4-bit weights at every step,
+            # three inputs took 11 s batched against 21.5 s one by one (SmolLM2-135M, 24
+            # tokens). In float32 the answers are the same; in bf16 padding may flip a near-tie.
+            return generate_replies(llm, self.tokenizer, self.prompts, self.settings,
+                                    self.stop_words)
 
     def _write(self, work_dir, iteration, answers, seconds):
         out_dir = work_dir / EVAL_OUTPUT_DIRNAME

@@ -1,8 +1,9 @@
 """See a run: the loss-curve PNG at the end of training, and TensorBoard with a clear error.
 
 ``LossCurveHook`` draws ``<work_dir>/loss_curve.png`` (loss and learning rate per logged
-iteration) from the scalars mmengine's ``LocalVisBackend`` wrote, when training ends; the same
-picture on demand is ``xft plot-log WORK_DIR``.
+iteration) from the scalars mmengine's ``LocalVisBackend`` wrote, when training ends (not when a
+signal stopped it: that run has seconds left); the same picture on demand is
+``xft plot-log WORK_DIR``.
 
 ``TensorboardBackend`` is mmengine's ``TensorboardVisBackend`` that checks for the
 ``tensorboard`` package when it is built, so a config that turns TensorBoard on without it
@@ -22,6 +23,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.visualization import TensorboardVisBackend
 
+from xft.engine.cfg_options import resolve_type
+from xft.engine.hooks.preemption_hook import stop_requested
 from xft.engine.loss_curve import plot_scalars, read_scalars
 from xft.utils.errors import UserError
 
@@ -45,6 +48,10 @@ class LossCurveHook(Hook):
     def after_train(self, runner):
         if not is_main_process():
             return
+        if stop_requested(runner):  # a stopping run keeps its grace period for the checkpoint
+            print_log(f'LossCurveHook: the run is stopping; no loss curve drawn (`xft plot-log '
+                      f'{runner.work_dir}` draws it)', logger='current')
+            return
         scalars = Path(runner.log_dir) / 'vis_data' / 'scalars.json'
         # A resumed run starts a new log dir; its curve continues the earlier runs'.
         resumed = bool(runner.cfg.get('resume')) if getattr(runner, 'cfg', None) else False
@@ -67,8 +74,22 @@ class TensorboardBackend(TensorboardVisBackend):
     """mmengine's TensorboardVisBackend, refusing at once (one line) when tensorboard is missing."""
 
     def __init__(self, save_dir, **kwargs):
-        if importlib.util.find_spec('tensorboard') is None:
-            raise UserError('use_tensorboard=True needs the tensorboard package: '
-                            'pip install tensorboard -c requirements/constraints.txt '
-                            '(or set use_tensorboard = False)')
+        require_tensorboard()
         super().__init__(save_dir, **kwargs)
+
+
+def require_tensorboard() -> None:
+    if importlib.util.find_spec('tensorboard') is None:
+        raise UserError('use_tensorboard=True needs the tensorboard package: '
+                        'pip install tensorboard -c requirements/constraints.txt '
+                        '(or set use_tensorboard = False)')
+
+
+def check_visualizer(cfg) -> None:
+    """Before anything is built: a config that asks for TensorBoard has the package."""
+    visualizer = cfg.get('visualizer')
+    backends = visualizer.get('vis_backends') or [] if isinstance(visualizer, dict) else []
+    for backend in backends:
+        kind = resolve_type(backend.get('type')) if isinstance(backend, dict) else None
+        if isinstance(kind, type) and issubclass(kind, TensorboardBackend):
+            require_tensorboard()

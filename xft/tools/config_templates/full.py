@@ -3,6 +3,11 @@
 # {{ twin_note }}
 #
 #   xft train {{ name }}
+# a trial run first: 3 iterations, each logged, the loss curve drawn, no evaluations:
+#   xft train {{ name }} --max-iters 3
+# without the hub, on a local model folder and one local data file:
+#   xft train {{ name }} --max-iters 3 \
+#       --cfg-options pretrained_model_name_or_path=DIR data_path=FILE
 # on 8 GPUs of one machine:
 #   NPROC_PER_NODE=8 xft train {{ name }}
 # a copy to edit (PART 1), then train the copy:
