@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import datasets
 from mmengine.logging import print_log
 
-from xft.utils.errors import DataError
+from xft.utils.errors import ConfigError, DataError
 
 from .conversation import CONVERSATION_FEATURE
 from .encode import encode_batch, encode_with_chat_template
@@ -88,7 +88,6 @@ def load_jsonl_dataset(data_files=None, data_dir=None, suffix=None):
     every file of ``data_dir`` (ending in ``suffix`` when given). Rows keep their origin."""
     from pathlib import Path
 
-    from xft.utils.errors import ConfigError
     if (data_files is None) == (data_dir is None):
         raise ConfigError('load_jsonl_dataset: give exactly one of data_files and data_dir')
     if data_dir is not None:
@@ -152,6 +151,9 @@ def select_rows(data, options):
     if options.held_out:
         count = options.held_out if isinstance(options.held_out, int) else \
             max(1, round(options.held_out * len(data)))
+        if count >= len(data):
+            raise ConfigError(f'held_out={options.held_out} sets aside {count} of the {len(data)} '
+                              'rows: none is left to train on')
         held = set(rng.permutation(len(data))[:count].tolist())
         keep = [i for i in range(len(data)) if (i in held) == (options.subset == 'held_out')]
         data = data.select(keep)

@@ -33,7 +33,8 @@ class PreferenceOptions:
             model reads one score per sequence.
         reward_token_id: with is_reward, the token appended to every sequence where its score is
             read; -1 reads it at the answer's last trained token (the template's end of turn).
-        num_proc: processes for the map and encode steps.
+        num_proc: processes for the map and encode steps; ``map_num_proc`` (process_hf_dataset's
+            name for it) is accepted too, and wins when given.
         use_varlen_attn: pack whole pairs into rows of ``max_packed_length`` tokens (XTuner's
             switch); sequences in a row never attend to each other.
         max_packed_length: packed row length; at least ``2 * max_length``, so every pair fits.
@@ -61,9 +62,12 @@ class PreferenceOptions:
     subset: str = 'train'
     seed: int = 0
     split: str = 'train'
+    map_num_proc: Optional[int] = None
 
     def __post_init__(self):
         self._check()
+        if self.map_num_proc is not None:
+            self.num_proc = self.map_num_proc
         self.tokenizer = build_tokenizer(self.tokenizer)
         self.dataset_map_fn = resolve_map_fn(self.dataset_map_fn)
         self.template_map_fn = resolve_template_map_fn(self.template_map_fn)
