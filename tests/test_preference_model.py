@@ -288,3 +288,25 @@ def test_a_batch_from_the_sft_collate_fn_is_refused(tiny_llama_dir, rows):
     model = DPO(llm=llm_cfg(tiny_llama_dir, DTYPE), lora=LORA)
     with pytest.raises(ConfigError, match='needs batches from preference_collate_fn'):
         model(default_collate_fn(rows)['data'])
+
+
+def test_weighing_micro_batches_by_their_pairs_gives_the_whole_batchs_gradient(tiny_llama_dir, rows,
+                                                                              plain_logps):
+    """What a training loop that normalizes a step over its loss units does with
+    ``count_loss_units``: micro-batches of 3 pairs (packed) and 1 pair, each mean weighed by its
+    share of the step's pairs, give the gradient of all 4 pairs in one batch."""
+    def gradient(batches):
+        model = DPO(llm=llm_cfg(tiny_llama_dir, DTYPE), lora=LORA, beta=BETA)
+        model.load_state_dict(plain_logps[0], strict=False)
+        total = sum(model.count_loss_units(batch) for batch in batches)
+        for batch in batches:
+            (model(batch)['loss'] * model.count_loss_units(batch) / total).backward()
+        return [p.grad for p in model.parameters() if p.requires_grad]
+
+    three = pack_pairs(datasets.Dataset.from_list(rows[:3]), 3 * max(r['length'] for r in rows))
+    assert len(three) == 1
+    parts = [preference_collate_fn(list(three), use_varlen_attn=True)['data'],
+             preference_collate_fn(rows[3:])['data']]
+    assert [DPO.count_loss_units(batch) for batch in parts] == [3, 1]
+    for split, whole in zip(gradient(parts), gradient([collated(rows, packed=False)])):
+        torch.testing.assert_close(split, whole, rtol=1e-9, atol=1e-12)

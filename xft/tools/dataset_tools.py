@@ -99,7 +99,8 @@ def check_preference_entry(entry, max_rows=None):
     """``check_entry`` for preference pairs: every step, its first row, counts, problems."""
     from xft.dataset.preference_dataset import run_preference_pipeline
 
-    dataset, options = preference_inputs(entry, max_rows)
+    # Every row of the data, the pairs held out for evaluation too.
+    dataset, options = preference_inputs(dict(entry, held_out=0, subset='train'), max_rows)
     tokenizer = options.tokenizer
 
     def observe(stage, data):
