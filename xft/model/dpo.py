@@ -52,9 +52,10 @@ class DPO(PreferenceModel):
                 if getattr(module, 'gradient_checkpointing', False):
                     module.gradient_checkpointing = False
         object.__setattr__(self, 'ref_llm', reference)
-        print_log(f'DPO: loss_type={loss_type}, beta={beta}; reference: '
-                  f'{"ref_llm" if ref_llm is not None else "a frozen copy" if reference is not None else "the base model (adapters off)"}',
-                  logger='current')
+        described = ('model.ref_llm' if ref_llm is not None else
+                     'a frozen copy of the model' if reference is not None else
+                     'the base model (adapters off)')
+        print_log(f'DPO: loss_type={loss_type}, beta={beta}; reference: {described}', logger='current')
 
     def _apply(self, fn, *args, **kwargs):
         """``.to(device)`` and friends reach the reference too (it is not a submodule)."""

@@ -39,11 +39,17 @@ class PreferenceModel(SupervisedFinetune):
         return {key: value for key, value in data.items() if key != SEQUENCE_INDEX}
 
     def split_batch(self, data, llm=None):
-        """(input_ids, labels, sequence_index, forward kwargs of ``llm``) of a preference batch."""
+        """(input_ids, labels, sequence_index, forward kwargs of ``llm``) of a preference batch.
+
+        The policy's kwargs are SFT's (``forward_kwargs``: attention kept inside each packed
+        sequence); a separate reference model gets those of its own attention implementation.
+        """
         count_pairs(data)  # a batch from another collate fn is refused in one line
-        llm = self.llm if llm is None else llm
-        kwargs = packed_attention_kwargs(self.without_sequence_index(data),
-                                         llm.config._attn_implementation, dtype=llm.dtype)
+        plain = self.without_sequence_index(data)
+        if llm is None or llm is self.llm:
+            kwargs = self.forward_kwargs(plain)
+        else:
+            kwargs = packed_attention_kwargs(plain, llm.config._attn_implementation, dtype=llm.dtype)
         return kwargs.pop('input_ids'), kwargs.pop('labels'), data[SEQUENCE_INDEX], kwargs
 
     def logprobs(self, llm, data):
