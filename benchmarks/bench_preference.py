@@ -13,7 +13,10 @@ r=64 alpha=16 dropout 0 on the seven projections, ``AmpOptimWrapper`` bf16, ``tr
 - ``sft``: one row of ``--seq`` tokens (the SFT baseline);
 - ``dpo_packed``: one pair, chosen and rejected ``--seq`` tokens each, packed into one row of
   2 x seq with a prompt of ``--prompt`` tokens in each (the zoo configs' layout,
-  ``use_varlen_attn=True``): reference forward (adapters off) + policy forward and backward;
+  ``use_varlen_attn=True``): reference forward (adapters off) + policy forward and backward, as
+  in the first epoch;
+- ``dpo_packed_cached``: the same from the second epoch on, the reference's log-probabilities
+  coming from ``xft.model.reference_cache`` (the warm-up steps fill it);
 - ``dpo_rows``: the same pair as two rows of ``--seq`` (``use_varlen_attn=False``);
 - ``orpo_packed``: the pair through ORPO (no reference model);
 
@@ -108,8 +111,7 @@ def batches(kind, seq, prompt, vocab, device):
     else:
         row = {'input_ids': chosen + rejected, 'labels': chosen_labels + rejected_labels,
                'cumulative_len': [0, seq, 2 * seq]}
-        data = preference_collate_fn([row], use_varlen_attn=kind.endswith('packed'),
-                                     return_hf_format=True)
+        data = preference_collate_fn([row], use_varlen_attn='packed' in kind, return_hf_format=True)
     return {'data': {k: (v.to(device) if isinstance(v, torch.Tensor) else
                          [c.to(device) for c in v] if isinstance(v, list) else v)
                      for k, v in data.items()}, 'data_samples': None}
@@ -119,8 +121,10 @@ def build(kind, model_dir, qlora, cuda, attn):
     from xft.model import SupervisedFinetune
     from xft.model.dpo import DPO
     from xft.model.orpo import ORPO
-    cls = {'sft': SupervisedFinetune, 'dpo_packed': DPO, 'dpo_rows': DPO, 'orpo_packed': ORPO}[kind]
-    model = cls(**model_cfg(model_dir, qlora, cuda, attn), cuda_graphs=cuda)
+    cls = {'sft': SupervisedFinetune, 'dpo_packed': DPO, 'dpo_packed_cached': DPO, 'dpo_rows': DPO,
+           'orpo_packed': ORPO}[kind]
+    options = dict(cache_reference=kind == 'dpo_packed_cached') if cls is DPO else {}
+    model = cls(**model_cfg(model_dir, qlora, cuda, attn), cuda_graphs=cuda, **options)
     if cuda:
         model.cuda()
     model.train()
@@ -163,8 +167,8 @@ def worker(args):
     device = 'cpu (smoke)' if args.smoke else torch.cuda.get_device_name()
     sft = None
     for attn in args.attn.split(','):
-        for kind in ('sft', 'dpo_packed', 'dpo_rows', 'orpo_packed'):
-            if attn != 'sdpa' and not kind.endswith('packed'):
+        for kind in ('sft', 'dpo_packed', 'dpo_packed_cached', 'dpo_rows', 'orpo_packed'):
+            if attn != 'sdpa' and 'packed' not in kind:
                 continue  # unpacked rows use plain causal attention whatever the setting
             if attn == 'xft_varlen':
                 from xft.model.packed_attention import register_varlen_attention

@@ -244,7 +244,7 @@ def test_collate_layouts_number_the_sequences_in_pair_order(shared_data, tiny_to
 @pytest.mark.parametrize('name', ['xft.model.sequence_logprobs', 'xft.model.preference_loss',
                                   'xft.dataset.preference_packing',
                                   'xft.dataset.collate_fns.preference_collate_fn',
-                                  'xft.engine.preference_metric'])
+                                  'xft.engine.preference_metric', 'xft.model.reference_cache'])
 def test_docstring_examples(name):
     import doctest
     import importlib

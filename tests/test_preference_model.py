@@ -310,3 +310,24 @@ def test_weighing_micro_batches_by_their_pairs_gives_the_whole_batchs_gradient(t
     assert [DPO.count_loss_units(batch) for batch in parts] == [3, 1]
     for split, whole in zip(gradient(parts), gradient([collated(rows, packed=False)])):
         torch.testing.assert_close(split, whole, rtol=1e-9, atol=1e-12)
+
+
+def test_the_reference_cache_skips_the_reference_forward_and_changes_nothing(tiny_llama_dir, rows,
+                                                                             plain_logps, monkeypatch):
+    """A pair seen before (the next epoch; here packed differently) takes the reference's
+    values from the cache: no reference forward, the same loss and gradients as without it."""
+    results = {}
+    for cache in (True, False):
+        model = DPO(llm=llm_cfg(tiny_llama_dir, DTYPE), lora=LORA, beta=BETA, cache_reference=cache)
+        model.load_state_dict(plain_logps[0], strict=False)
+        forwards = []
+        compute = model.reference_logprobs
+        monkeypatch.setattr(model, 'reference_logprobs', lambda data: forwards.append(1) or compute(data))
+        model(collated(rows, packed=False))  # the first epoch
+        loss = model(collated(rows, packed=True))['loss']  # the same pairs, packed
+        loss.backward()
+        results[cache] = (len(forwards), float(loss), [p.grad for p in model.parameters() if p.requires_grad])
+    assert results[True][0] == 1 and results[False][0] == 2
+    assert results[True][1] == results[False][1]
+    for cached, uncached in zip(results[True][2], results[False][2]):
+        assert torch.equal(cached, uncached)

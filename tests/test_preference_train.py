@@ -51,14 +51,14 @@ def test_a_short_dpo_run_raises_the_held_out_reward_accuracy(tmp_path, shared_da
     data.write_text(json.dumps(pairs, ensure_ascii=False), encoding='utf-8')
     config = tmp_path / 'dpo.py'
     config.write_text(swap_part1(CONFIG.read_text(), pretrained_model_name_or_path=str(model_dir),
-                                 data_path=str(data), max_length=64, held_out=40, batch_size=4,
+                                 data_path=str(data), max_length=96, held_out=40, batch_size=4,
                                  accumulative_counts=1, lr=5e-4, warmup_ratio=0.05,
                                  evaluation_freq=1000, save_steps=1000))
     work_dir = tmp_path / 'work'
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
     result = subprocess.run(
         [sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-         '--cfg-options', 'train_cfg.max_epochs=None', 'train_cfg.max_iters=20',
+         '--cfg-options', 'train_cfg.max_epochs=None', 'train_cfg.max_iters=30',
          'randomness.seed=0', 'default_hooks.logger.interval=5', 'custom_hooks.1.max_new_tokens=8'],
         capture_output=True, text=True, env=env, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]

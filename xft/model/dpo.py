@@ -3,8 +3,8 @@
     model = dict(type=DPO, loss_type='sigmoid', beta=0.1, label_smoothing=0.0,
                  use_varlen_attn=True, llm=dict(...), lora=dict(type=LoraConfig, ...))
 
-Each step runs the reference over the pair batch (eval mode, no gradients), then the policy,
-and takes the loss of ``xft.model.preference_loss.dpo_losses`` from the per-sequence answer
+Each step runs the reference over the pair batch (eval mode, no gradients; from the second
+epoch on its values come from a cache instead), then the policy, and takes the loss of ``xft.model.preference_loss.dpo_losses`` from the per-sequence answer
 log-probabilities (``xft.model.sequence_logprobs``, chunked on the fast path). The reference:
 
 - with LoRA and no ``ref_llm``: the same model with its adapters switched off
@@ -14,10 +14,13 @@ log-probabilities (``xft.model.sequence_logprobs``, chunked on the fast path). T
 """
 from mmengine.logging import print_log
 
+from xft.dataset.collate_fns.preference_collate_fn import SEQUENCE_INDEX
+
 from .fast_path import apply_fast_path
 from .preference import PreferenceModel, chosen_and_rejected
 from .preference_loss import MEAN_LOGP_LOSS_TYPES, check_dpo_settings, dpo_losses
 from .reference import adapters_off, freeze, frozen_copy, reference_forward
+from .reference_cache import ReferenceCache, sequence_keys
 from .sft import build_llm
 
 
@@ -32,13 +35,17 @@ class DPO(PreferenceModel):
         loss_type: one of ``preference_loss.DPO_LOSS_TYPES`` (sigmoid, hinge, ipo, kto_pair,
             sppo_hard, nca_pair, robust).
         label_smoothing: the assumed share of flipped labels (sigmoid and robust only).
+        cache_reference: remember the reference's log-probabilities of each answer, so that a
+            pair seen before (a later epoch) needs no reference forward
+            (``xft.model.reference_cache``).
     """
 
     def __init__(self, llm, ref_llm=None, beta=0.1, loss_type='sigmoid', label_smoothing=0.0,
-                 **kwargs):
+                 cache_reference=True, **kwargs):
         check_dpo_settings(loss_type, beta, label_smoothing)
         super().__init__(llm, **kwargs)
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.reference_cache = ReferenceCache() if cache_reference else None
         self.uses_lora = kwargs.get('lora') is not None
         # Not a registered submodule: its weights are frozen and never checkpointed.
         reference = None
@@ -71,21 +78,38 @@ class DPO(PreferenceModel):
         with reference_forward(self.llm), adapters_off(self.llm):
             return self.logprobs(self.llm, data)
 
-    def pair_logprobs(self, logprobs):
+    def reference_sums(self, data):
+        """(sums, counts) of the reference's answer log-probabilities, from the cache when
+        every sequence of the batch was seen before (``xft.model.reference_cache``)."""
+        self.count_loss_units(data)  # a batch from another collate fn is refused in one line
+        if self.reference_cache is None:
+            reference = self.reference_logprobs(data)
+            return reference.sums, reference.counts
+        keys = sequence_keys(data['input_ids'], data['labels'], data[SEQUENCE_INDEX])
+        cached = self.reference_cache.lookup(keys, data['input_ids'].device)
+        if cached is not None:
+            return cached
+        reference = self.reference_logprobs(data)
+        self.reference_cache.store(keys, reference.sums, reference.counts)
+        return reference.sums, reference.counts
+
+    def pair_logprobs(self, sums, counts):
         """(chosen, rejected) log-probabilities as the loss type compares them."""
-        values = logprobs.means() if self.loss_type in MEAN_LOGP_LOSS_TYPES else logprobs.sums
-        return chosen_and_rejected(values)
+        mean = self.loss_type in MEAN_LOGP_LOSS_TYPES
+        return chosen_and_rejected(sums / counts.clamp(min=1) if mean else sums)
 
     def compute_loss(self, data) -> dict:
-        reference = self.pair_logprobs(self.reference_logprobs(data))
-        policy = self.pair_logprobs(self.logprobs(self.llm, data))
+        reference = self.pair_logprobs(*self.reference_sums(data))
+        policy_logprobs = self.logprobs(self.llm, data)
+        policy = self.pair_logprobs(policy_logprobs.sums, policy_logprobs.counts)
         losses, metrics = dpo_losses(*policy, *reference, loss_type=self.loss_type, beta=self.beta,
                                      label_smoothing=self.label_smoothing)
         return {'loss': losses.mean(), **metrics}
 
     def pair_scores(self, data):
         """Implicit rewards: beta times the policy-to-reference log-ratio of each answer."""
-        reference = self.pair_logprobs(self.reference_logprobs(data))
+        reference = self.pair_logprobs(*self.reference_sums(data))
         with reference_forward(self.llm):
-            policy = self.pair_logprobs(self.logprobs(self.llm, data))
+            policy_logprobs = self.logprobs(self.llm, data)
+        policy = self.pair_logprobs(policy_logprobs.sums, policy_logprobs.counts)
         return tuple(self.beta * (p - r) for p, r in zip(policy, reference))
