@@ -20,6 +20,7 @@ fn; ``load_jsonl_dataset`` and XTuner's two map fns are importable from here as 
 """
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 from mmengine.logging import print_log
@@ -86,8 +87,6 @@ def build_preference_dataset(dataset, **kwargs):
 def load_jsonl_dataset(data_files=None, data_dir=None, suffix=None):
     """XTuner's loader of preference JSON-lines files: ``data_files`` (a path or a list) or
     every file of ``data_dir`` (ending in ``suffix`` when given). Rows keep their origin."""
-    from pathlib import Path
-
     if (data_files is None) == (data_dir is None):
         raise ConfigError('load_jsonl_dataset: give exactly one of data_files and data_dir')
     if data_dir is not None:

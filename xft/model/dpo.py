@@ -4,8 +4,9 @@
                  use_varlen_attn=True, llm=dict(...), lora=dict(type=LoraConfig, ...))
 
 Each step runs the reference over the pair batch (eval mode, no gradients; from the second
-epoch on its values come from a cache instead), then the policy, and takes the loss of ``xft.model.preference_loss.dpo_losses`` from the per-sequence answer
-log-probabilities (``xft.model.sequence_logprobs``, chunked on the fast path). The reference:
+epoch on its values come from a cache instead), then the policy, and takes the loss of
+``xft.model.preference_loss.dpo_losses`` from the per-sequence answer log-probabilities
+(``xft.model.sequence_logprobs``, chunked on the fast path). The reference:
 
 - with LoRA and no ``ref_llm``: the same model with its adapters switched off
   (``xft.model.reference.adapters_off``), so the weights are in memory once;

@@ -10,8 +10,8 @@ copied from the template verbatim, so 100+ files cannot drift apart.
 that PARTs 2-5 equal their template's in every file.
 
 To add a model, add a ``Model`` record to ``MODELS``; to add a dataset, a ``Dataset`` record to
-``DATASETS`` and its key to the models that should get it (preference configs: ``PREFERENCE_ZOO``). Then run the script (``--check``
-only reports the files that differ). Facts (hub ids, prompt templates, learning rates,
+``DATASETS`` and its key to the models that should get it (preference configs:
+``PREFERENCE_ZOO``). Then run the script (``--check`` only reports the files that differ). Facts (hub ids, prompt templates, learning rates,
 lengths) follow XTuner 0.1.x's configs.
 """
 import argparse
