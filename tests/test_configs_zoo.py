@@ -42,7 +42,12 @@ TRAINED_SAMPLE = ['internlm2_chat_7b_qlora_alpaca_zh_e3', 'llama3_8b_instruct_lo
                   'mixtral_8x7b_instruct_qlora_custom_sft_e1', 'gemma_2b_it_full_alpaca_e3',
                   'baichuan2_7b_chat_qlora_custom_conversation_e1', 'chatglm3_6b_lora_alpaca_zh_e3',
                   'deepseek_moe_16b_chat_qlora_oasst1_e3', 'yi_6b_qlora_oasst1_e3',
-                  'phi3_mini_4k_instruct_qlora_custom_sft_e1', 'smollm2_135m_instruct_full_custom_sft_e1']
+                  'phi3_mini_4k_instruct_qlora_custom_sft_e1', 'smollm2_135m_instruct_full_custom_sft_e1',
+                  'smollm2_135m_instruct_dpo_qlora_custom_preference_e1',
+                  'smollm2_135m_instruct_orpo_qlora_custom_preference_e1',
+                  'smollm2_135m_instruct_reward_qlora_custom_preference_e1']
+# Bodies without EvaluateChatHook (a reward model does not generate).
+NO_CHAT_BODIES = {'reward_qlora'}
 PART2_BANNER = '#' * 71 + '\n#' + 'PART 2  Model & Tokenizer'.center(69) + '#\n' + '#' * 71 + '\n'
 BODY_CLAIM = re.compile(r'^# Written by .*PARTs 2-5 are the shared `(\w+)`$', re.MULTILINE)
 
@@ -129,7 +134,7 @@ def test_committed_zoo_is_exactly_what_the_generator_writes():
 
 def test_parts_2_to_5_equal_their_template_in_every_file():
     bodies = template_bodies()
-    assert sorted(bodies) == ['full', 'lora', 'pretrain', 'qlora']
+    assert sorted(bodies) == ['dpo_qlora', 'full', 'lora', 'orpo_qlora', 'pretrain', 'qlora', 'reward_qlora']
     committed = committed_zoo()
     problems = body_drift(committed, bodies)
     assert not problems, problems[:5]
@@ -310,8 +315,21 @@ def small_files(shared_data, tmp_path_factory):
 
 def tiny_config(path, tiny_llama_dir, small_files, out_dir):
     out = out_dir / path.name
-    out.write_text(tiny_config_text(path, tiny_llama_dir, small_files[dataset_key(path.stem)]))
+    out.write_text(tiny_config_text(path, tiny_llama_dir, small_files[dataset_key(path.stem)],
+                                    **preference_settings(path.stem)))
     return out
+
+
+def preference_settings(name):
+    """A preference config holds out a few of the 16 small pairs (a hub set's 400 is all of
+    them); a reward token id of the real vocabulary becomes one of the tiny tokenizer's."""
+    entry = gen_configs.entry_named(name)
+    if not entry.dataset.preference:
+        return {}
+    settings = dict(held_out=0.25)
+    if entry.body == 'reward_qlora' and entry.model.reward_token_id >= 0:
+        settings['reward_token_id'] = 7
+    return settings
 
 
 def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, small_files):
@@ -330,24 +348,29 @@ def test_every_zoo_config_builds_on_the_tiny_model(tmp_path, tiny_llama_dir, sma
         dataset = DATASETS.build(dataset_cfg)
         assert len(dataset) > 0, path.stem
         assert any(label != IGNORE_INDEX for label in dataset[0]['labels']), f'{path.stem}: nothing trained'
+        if entry.dataset.preference:  # its held-out pairs too
+            assert len(DATASETS.build(dict(cfg.val_dataloader.dataset, map_num_proc=1))) > 0, path.stem
 
         model = MODELS.build(cfg.model)
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         if entry.method == 'full':
             assert len(trainable) == len(list(model.parameters())), path.stem
         else:
-            assert trainable and all('lora_' in name for name in trainable), path.stem
+            adapters = [name for name in trainable if name != 'v_head.weight']  # a reward model's head
+            assert adapters and all('lora_' in name for name in adapters), path.stem
             targets = cfg.lora_target_modules
             if targets is not None:
-                assert {name.split('.lora_')[0].split('.')[-1] for name in trainable} == set(targets)
+                assert {name.split('.lora_')[0].split('.')[-1] for name in adapters} == set(targets)
             dropout = {m.p for name, m in model.named_modules()
                        if isinstance(m, torch.nn.Dropout) and 'lora_dropout' in name}
-            assert dropout == {cfg.lora_dropout}, path.stem
+            assert dropout == ({cfg.lora_dropout} if cfg.lora_dropout else set()), path.stem
         quantized = any(type(m).__name__ == 'Linear4bit' for m in model.modules())
-        assert quantized == (entry.method == 'qlora'), path.stem
+        assert quantized == entry.method.endswith('qlora'), path.stem
 
         hooks = [HOOKS.build(dict(hook)) for hook in cfg.custom_hooks]
-        assert [type(h).__name__ for h in hooks] == ['DatasetInfoHook', 'EvaluateChatHook', 'LossCurveHook']
+        expected_hooks = ['DatasetInfoHook', 'LossCurveHook'] if entry.body in NO_CHAT_BODIES else \
+            ['DatasetInfoHook', 'EvaluateChatHook', 'LossCurveHook']
+        assert [type(h).__name__ for h in hooks] == expected_hooks, path.stem
         built += 1
     assert built == len(list(CONFIGS.rglob('*.py'))) - len(HAND_WRITTEN)
 
@@ -401,18 +424,21 @@ def test_one_config_of_each_family_trains_two_iterations(tmp_path, tiny_llama_di
 
     sample = [entry for entry in gen_configs.zoo_entries() if entry.name in TRAINED_SAMPLE]
     assert len(sample) == len(TRAINED_SAMPLE)
-    assert {entry.body for entry in sample} == {'qlora', 'lora', 'full', 'pretrain'}
+    assert {entry.body for entry in sample} == {'qlora', 'lora', 'full', 'pretrain', 'dpo_qlora',
+                                                'orpo_qlora', 'reward_qlora'}
     assert {entry.model.family for entry in sample} == {model.family for model in gen_configs.MODELS}
     for name in TRAINED_SAMPLE:
         path = next(CONFIGS.rglob(f'{name}.py'))
         config = tmp_path / path.name
         # 128-token rows: the few sample rows make at least two iterations per epoch.
         config.write_text(tiny_config_text(path, tiny_llama_dir, small_files[dataset_key(name)],
-                                           max_length=128))
+                                           max_length=128, **preference_settings(name)))
         work_dir = tmp_path / name
         output = io.StringIO()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            code = cli.main(['train', str(config), '--work-dir', str(work_dir), *SMOKE_OPTIONS])
+            options = [option for option in SMOKE_OPTIONS if not (
+                option.startswith('custom_hooks.1.') and gen_configs.entry_named(name).body in NO_CHAT_BODIES)]
+            code = cli.main(['train', str(config), '--work-dir', str(work_dir), *options])
         assert code == 0, f'{name}:\n{output.getvalue()[-3000:]}'
         scalars = next(work_dir.glob('*/vis_data/scalars.json'))
         losses = [row['loss'] for row in map(json.loads, scalars.read_text().splitlines()) if 'loss' in row]

@@ -27,7 +27,7 @@ from xft.tools import gen_configs
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / 'docs'
 # The guides of this suite (convert_and_chat.md is tested by the convert tests).
-GUIDES = ['quick_start.md', 'configs.md', 'custom_dataset.md', 'fit_7b_on_8gb.md']
+GUIDES = ['quick_start.md', 'configs.md', 'custom_dataset.md', 'fit_7b_on_8gb.md', 'preference.md']
 HUB_IDS = {model.hub_id for model in gen_configs.MODELS}
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.MULTILINE | re.DOTALL)
 TRAIN_OPTIONS = ['--cfg-options', 'train_cfg.max_epochs=None', 'train_cfg.max_iters=2',

@@ -210,3 +210,36 @@ def test_control_the_mean_of_micro_batch_means_steps_elsewhere(tmp_path, two_row
                              extra=['train_cfg.loss_normalization=micro_batch'])
     # The short row's few tokens weigh as much as the long row's hundreds.
     assert max_difference(mean_of_means, batch) > 0.1 * step
+
+
+def test_a_model_that_averages_over_its_own_unit_is_weighed_by_it():
+    # Preference models average a micro-batch's loss over its pairs, not its tokens: the step's
+    # windows must count what the model's loss is the mean over (``count_loss_units``).
+    from xft.dataset.collate_fns.preference_collate_fn import count_pairs
+    from xft.engine.token_weighting import batch_trained_tokens, loss_units_counter
+    from xft.model.dpo import DPO
+
+    class Wrapped(torch.nn.Module):  # what a data-parallel wrapper looks like to the loop
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert loss_units_counter(SupervisedFinetune.__new__(SupervisedFinetune)) is batch_trained_tokens
+    counter = loss_units_counter(Wrapped(DPO.__new__(DPO)))
+    # three packed sequences of two pairs, then one pair: 2 and 1 units, whatever the tokens
+    batches = [{'data': {'sequence_index': torch.tensor([[0, 0, 1, 1, 2, 3, 3]]),
+                         'labels': torch.ones(1, 7, dtype=torch.long)}},
+               {'data': {'sequence_index': torch.tensor([[0, 0, 0, 1]]),
+                         'labels': torch.ones(1, 4, dtype=torch.long)}}]
+    assert [counter(b) for b in batches] == [count_pairs(b) for b in batches] == [2, 1]
+
+    class Batches:
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def __next__(self):
+            return next(self.items)
+
+    windows = StepWindows(Batches(batches), accumulation=2, max_iters=2, count=counter)
+    first, second = windows.next(0), windows.next(1)
+    assert (first.n_tokens, second.n_tokens, first.step_tokens) == (2, 1, 3)

@@ -73,6 +73,21 @@ def small_data_files(shared_data: Path, out_dir: Path) -> dict:
     files['custom_conversation'] = out_dir / 'conversations.json'
     files['custom_conversation'].write_text(json.dumps(medqa + multi, ensure_ascii=False))
 
+    # Preference pairs: ShareGPT rows as they are, and the same pairs as chat-message lists
+    # that differ in the last message (orpo-dpo-mix-40k's and UltraFeedback's layout).
+    pairs = _rows(shared_data / 'preference/dpo_zh_demo_250.json')[:16]
+    files['custom_preference'] = out_dir / 'pairs.json'
+    files['custom_preference'].write_text(json.dumps(pairs, ensure_ascii=False))
+    roles = {'human': 'user', 'gpt': 'assistant', 'system': 'system'}
+    as_messages = []
+    for row in pairs:
+        prompt = [{'role': roles[m['from']], 'content': m['value']} for m in row['conversations']]
+        as_messages.append({key: prompt + [{'role': 'assistant', 'content': row[key]['value']}]
+                            for key in ('chosen', 'rejected')})
+    for key in ('orpo_dpo_mix', 'ultrafeedback'):
+        files[key] = out_dir / f'{key}.jsonl'
+        files[key].write_text(''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in as_messages))
+
     # Plain text, one sample per non-empty line.
     lines = (shared_data / 'pretrain_text/tinyshakespeare.txt').read_text().splitlines()
     files['custom_pretrain'] = out_dir / 'corpus.txt'

@@ -8,7 +8,7 @@ map                        ``map_fns/``      raw row -> {'conversation': [...]}
 template                   ``map_fns/template.py`` + ``xft/utils/templates.py``
 encode (text -> ids)       ``encode.py``     the one place samples become token ids
 pack                       ``packing.py``
-collate                    ``collate_fns.py``
+collate                    ``collate_fns/``
 all steps, in order        ``pipeline.py``   process_hf_dataset
 its options, checked once  ``options.py``    PipelineOptions (and the cache key)
 =========================  ============================================================

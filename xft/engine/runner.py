@@ -10,7 +10,7 @@ from mmengine.runner import IterBasedTrainLoop
 from xft.engine.schedulers import drop_empty_schedulers
 from xft.engine.nonfinite import NONFINITE_POLICIES, FiniteLossGuard, NonFiniteLossError
 from xft.engine.token_weighting import (LOSS_NORMALIZATIONS, StepWindows, TokenWeightedOptimWrapper,
-                                        accumulation_of)
+                                        accumulation_of, loss_units_counter)
 from xft.parallel.sequence import (check_sequence_parallel_size, get_data_parallel_world_size,
                                    sequence_parallel_size_of)
 from xft.utils.errors import ConfigError
@@ -174,7 +174,7 @@ class TrainLoop(IterBasedTrainLoop):
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
         self._windows = StepWindows(self.dataloader_iterator, accumulation_of(self.runner.optim_wrapper),
-                                    self._max_iters)
+                                    self._max_iters, count=loss_units_counter(self.runner.model))
         if self._iter > 0:
             print_log(f'Resuming at iteration {self._iter} of {self._max_iters}: advancing the dataloader '
                       f'past the {self._iter} batches already trained on', logger='current')

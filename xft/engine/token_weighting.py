@@ -49,6 +49,13 @@ def batch_trained_tokens(data_batch) -> int:
     return count_trained_tokens(labels)
 
 
+def loss_units_counter(model):
+    """The function that counts what ``model``'s micro-batch loss averages over: its
+    ``count_loss_units`` where it has one, else the trained tokens."""
+    model = getattr(model, 'module', model)  # a DDP-style wrapper
+    return getattr(model, 'count_loss_units', None) or batch_trained_tokens
+
+
 def sum_over_ranks(count: int) -> int:
     """``count`` summed over the data-parallel ranks (every rank without sequence
     parallelism; itself on one process)."""
@@ -90,8 +97,11 @@ class StepWindows:
     ending at ``max_iters``: the windows mmengine's OptimWrapper steps at.
     """
 
-    def __init__(self, batches, accumulation: int, max_iters: int):
+    def __init__(self, batches, accumulation: int, max_iters: int, count=None):
         self._batches = batches            # an iterator of batches with ``last_indices``
+        # What a micro-batch's loss is the mean over: trained tokens, or a model's own unit
+        # (``count_loss_units``: preference models average over pairs).
+        self._count = count or batch_trained_tokens
         self._accumulation = max(int(accumulation), 1)
         self._max_iters = max_iters
         self._ahead: List[MicroBatch] = []
@@ -103,7 +113,7 @@ class StepWindows:
 
     def _fetch(self):
         data = next(self._batches)
-        return data, getattr(self._batches, 'last_indices', None), batch_trained_tokens(data)
+        return data, getattr(self._batches, 'last_indices', None), self._count(data)
 
     def skip(self, iterations: int) -> None:
         """Consume the batches a resumed run already trained on, remembering the tokens of the

@@ -50,7 +50,10 @@ def check_custom_dataset(args) -> None:
 
 
 def check_entry(entry, max_rows=None):
-    """Run one ``process_hf_dataset`` entry step by step; return the problems found."""
+    """Run one ``process_hf_dataset`` (or ``build_preference_dataset``) entry step by step;
+    return the problems found."""
+    if is_preference_entry(entry):
+        return check_preference_entry(entry, max_rows)
     from xft.dataset.pipeline import run_pipeline
 
     dataset, options = pipeline_inputs(entry, max_rows)
@@ -98,6 +101,35 @@ def tokenizer_problems(options):
     return problems
 
 
+def check_preference_entry(entry, max_rows=None):
+    """``check_entry`` for preference pairs: every step, its first row, counts, problems."""
+    from xft.dataset.preference_dataset import run_preference_pipeline
+
+    # Every row of the data, the pairs held out for evaluation too.
+    dataset, options = preference_inputs(dict(entry, held_out=0, subset='train'), max_rows)
+    tokenizer = options.tokenizer
+
+    def observe(stage, data):
+        print(f'--- after {stage}: {len(data)} rows ---')
+        if len(data):
+            print(describe_row(data[0], tokenizer, pairs=True))
+
+    _, stats = run_preference_pipeline(dataset, options, observe)
+    print(f'counts: {stats.summary()}')
+    problems = []
+    if stats.pairs_truncated:
+        problems.append(f'{stats.pairs_truncated} pairs have a sequence longer than max_length='
+                        f'{options.max_length}, cut at the end ({stats.tokens_truncated} tokens)')
+    if stats.pairs_without_answer:
+        problems.append(f'{stats.pairs_without_answer} pairs lost an answer entirely to truncation '
+                        'and were dropped')
+    if stats.pairs_kept == 0:
+        problems.append('no pair is left to train on')
+    if tokenizer.pad_token_id is None:
+        problems.append('the tokenizer has no pad_token; set one (collate pads with pad_index)')
+    return problems
+
+
 # --- xft log-dataset ---------------------------------------------------------------------------
 
 def log_dataset_main(argv) -> int:
@@ -120,13 +152,20 @@ def log_dataset_main(argv) -> int:
 def log_dataset(args) -> None:
     from xft.dataset.pipeline import run_pipeline
     from xft.engine.config import load_config
+    from xft.dataset.preference_dataset import run_preference_pipeline
     for entry in dataset_entries(load_config(args.config, args.cfg_options)):
-        dataset, options = pipeline_inputs(entry, args.max_rows)
-        data, stats = run_pipeline(dataset, options)
+        pairs = is_preference_entry(entry)
+        if pairs:
+            dataset, options = preference_inputs(entry, args.max_rows)
+            data, stats = run_preference_pipeline(dataset, options)
+        else:
+            dataset, options = pipeline_inputs(entry, args.max_rows)
+            data, stats = run_pipeline(dataset, options)
         print(f'counts: {stats.summary()}')
         for index in range(args.index, min(args.index + args.count, len(data))):
             print(f'=== row {index} ===')
-            print(show_row(data[index], options.tokenizer, args.show))
+            print(show_pairs(data[index], options.tokenizer, args.show) if pairs
+                  else show_row(data[index], options.tokenizer, args.show))
 
 
 def show_row(row, tokenizer, show):
@@ -141,6 +180,22 @@ def show_row(row, tokenizer, show):
         parts.append(f'[labels]\n{row["labels"]}')
     if 'cumulative_len' in row and show == 'all':
         parts.append(f'[cumulative_len]\n{row["cumulative_len"]}')
+    return '\n'.join(parts)
+
+
+def pair_sequences(row):
+    """[(name, ids, labels)] of a preference row: 'pair 0 chosen', 'pair 0 rejected', ..."""
+    bounds = row['cumulative_len']
+    return [(f'pair {i // 2} {"rejected" if i % 2 else "chosen"}', row['input_ids'][a:b],
+             row['labels'][a:b]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def show_pairs(row, tokenizer, show):
+    """``show_row`` for a row of preference pairs: each sequence on its own."""
+    parts = []
+    for name, input_ids, labels in pair_sequences(row):
+        parts.append(f'--- {name} ({len(input_ids)} tokens) ---')
+        parts.append(show_row({'input_ids': input_ids, 'labels': labels}, tokenizer, show))
     return '\n'.join(parts)
 
 
@@ -182,6 +237,9 @@ def list_dataset_format_main(argv) -> int:
           '  (system optional; every output, plus the template SUFFIX or EOS, is trained)')
     print('\nprompt templates (xft.utils.PROMPT_TEMPLATE):')
     print('  ' + ', '.join(PROMPT_TEMPLATE))
+    print('\nPreference pairs (build_preference_dataset) without a dataset_map_fn are XTuner\'s format:\n'
+          '  {"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", '
+          '"content": "..."}],\n   "rejected": [{"role": "assistant", "content": "..."}]}')
     print('\nfiles: .json (array or JSON lines), .jsonl, .parquet, .csv, .txt (one row per '
           'line, field "text"), a folder of them, or a hub name')
     return 0
@@ -202,8 +260,15 @@ def _add_cfg_options(parser):
         help='override config entries, e.g. train_dataloader.dataset.dataset.path=/data/x.json')
 
 
+def is_preference_entry(entry) -> bool:
+    from xft.dataset.preference_dataset import build_preference_dataset
+    kind = entry.get('type')
+    return kind is build_preference_dataset or kind == 'build_preference_dataset'
+
+
 def dataset_entries(cfg):
-    """The ``process_hf_dataset`` dicts of ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
+    """The ``process_hf_dataset`` (or ``build_preference_dataset``) dicts of
+    ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
     from xft.dataset import ConcatDataset, process_hf_dataset
 
     loader = cfg.get('train_dataloader') or {}
@@ -217,9 +282,11 @@ def dataset_entries(cfg):
         entries = [entry]
     for item in entries:
         item_type = item.get('type') if isinstance(item, dict) else None
-        if item_type is not process_hf_dataset and item_type != 'process_hf_dataset':
+        if item_type is not process_hf_dataset and item_type != 'process_hf_dataset' and \
+                not (isinstance(item, dict) and is_preference_entry(item)):
             raise ConfigError('train_dataloader.dataset must be dict(type=process_hf_dataset, '
-                              f'...) (or a ConcatDataset of them), got type {item_type!r}')
+                              f'...) or dict(type=build_preference_dataset, ...) (or a '
+                              f'ConcatDataset of them), got type {item_type!r}')
     return entries
 
 
@@ -236,11 +303,29 @@ def pipeline_inputs(entry, max_rows=None):
     return dataset, PipelineOptions.from_arguments(**kwargs)
 
 
-def describe_row(row, tokenizer):
-    """A short printable view of one row at any stage (its origin column left out)."""
+def preference_inputs(entry, max_rows=None):
+    """(raw dataset spec, checked PreferenceOptions) of one build_preference_dataset entry."""
+    from xft.dataset.preference_options import PreferenceOptions
+
+    kwargs = {key: value for key, value in entry.items() if key != 'type'}
+    dataset = kwargs.pop('dataset', None)
+    if dataset is None:
+        raise ConfigError('build_preference_dataset entry has no dataset=')
+    if max_rows is not None:
+        kwargs['max_dataset_length'] = max_rows
+    return dataset, PreferenceOptions.from_arguments(**kwargs)
+
+
+def describe_row(row, tokenizer, pairs=False):
+    """A short printable view of one row at any stage (its origin column left out);
+    ``pairs``: an encoded row holds preference pairs, shown sequence by sequence."""
     from xft.dataset.load import ORIGIN
 
     row = {key: value for key, value in row.items() if key != ORIGIN}
+    if pairs and 'input_ids' in row and 'cumulative_len' in row:
+        return '\n'.join(f'{name} ({len(ids)} tokens), trained text marked '
+                         f'{TRAINED_OPEN}{TRAINED_CLOSE}:\n{_clip(masked_text(ids, labels, tokenizer))}'
+                         for name, ids, labels in pair_sequences(row)[:2])
     if 'input_ids' in row and 'labels' in row:
         text = masked_text(row['input_ids'], row['labels'], tokenizer)
         extra = f' cumulative_len={row["cumulative_len"]}' if 'cumulative_len' in row else ''

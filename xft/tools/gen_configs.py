@@ -1,16 +1,17 @@
 """Write the config zoo under ``configs/`` from one table: ``python -m xft.tools.gen_configs``.
 
 Every zoo config is a whole file a user can read top to bottom and copy, but only its header,
-imports and PART 1 (settings) are its own: the file is one of four templates in
-``config_templates/`` (``qlora``, ``lora``, ``full``, ``pretrain``) with the ``{{ name }}``
+imports and PART 1 (settings) are its own: the file is one of the templates in
+``config_templates/`` (``qlora``, ``lora``, ``full``, ``pretrain`` for SFT; ``dpo_qlora``,
+``orpo_qlora``, ``reward_qlora`` for preference training) with the ``{{ name }}``
 placeholders above PART 2 filled from a ``Model`` and a ``Dataset`` record below. PARTs 2-5 are
 copied from the template verbatim, so 100+ files cannot drift apart.
 ``tests/test_configs_zoo.py`` checks that the committed files equal what this script writes, and
 that PARTs 2-5 equal their template's in every file.
 
 To add a model, add a ``Model`` record to ``MODELS``; to add a dataset, a ``Dataset`` record to
-``DATASETS`` and its key to the models that should get it. Then run the script (``--check``
-only reports the files that differ). Facts (hub ids, prompt templates, learning rates,
+``DATASETS`` and its key to the models that should get it (preference configs:
+``PREFERENCE_ZOO``). Then run the script (``--check`` only reports the files that differ). Facts (hub ids, prompt templates, learning rates,
 lengths) follow XTuner 0.1.x's configs.
 """
 import argparse
@@ -27,6 +28,8 @@ from xft.utils import PROMPT_TEMPLATE, SYSTEM_TEMPLATE
 
 TEMPLATES = Path(__file__).with_name('config_templates')
 METHODS = ('qlora', 'lora', 'full')
+# Preference training: DPO, ORPO and a reward model, each on QLoRA (``PREFERENCE_ZOO``).
+PREFERENCE_METHODS = ('dpo_qlora', 'orpo_qlora', 'reward_qlora')
 # A why-comment longer than this is wrapped (the project's line limit).
 LINE_LIMIT = 99
 
@@ -34,6 +37,8 @@ XTUNER_EPOCHS_WHY = "Passes over the data (as in XTuner's configs for this set).
 CUSTOM_EPOCHS_WHY = 'Passes over the data; one is usually enough for a custom set, more if it is small.'
 NO_SYSTEM_WHY = 'The rows carry no system prompt.'
 SAMPLE_QUESTIONS = ('请给我介绍五个上海的景点', 'Please tell me five scenic spots in Shanghai')
+PREFERENCE_MAX_LENGTH_WHY = ('Tokens per sequence (the prompt and one answer); a longer one is cut '
+                             'at the end, and a pair whose answer is cut away entirely is dropped.')
 
 
 def system_source(system: str) -> str:
@@ -62,6 +67,9 @@ class Dataset:
     system_why: str = NO_SYSTEM_WHY
     inputs: Tuple[str, ...] = SAMPLE_QUESTIONS
     pretrain: bool = False      # plain text: the `pretrain` body, no prompt template
+    preference: bool = False    # pairs (prompt, chosen, rejected): the preference bodies only
+    held_out: float = 0         # preference: pairs set aside for the held-out accuracy
+    held_out_why: str = ''
 
     def __post_init__(self):
         if self.map_fn is not None and getattr(map_fns, self.map_fn.__name__, None) is not self.map_fn:
@@ -69,6 +77,9 @@ class Dataset:
         if self.pretrain and self.map_fn is None:
             raise ValueError(f'dataset {self.key}: pre-training text needs a map_fn (pretrain_map_fn)')
         system_source(self.system)  # one SYSTEM_TEMPLATE entry at most
+        if self.preference and not self.held_out:
+            raise ValueError(f'dataset {self.key}: preference configs evaluate on held-out pairs; '
+                             'set held_out')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +97,10 @@ class Model:
     lora_target_modules: Optional[Tuple[str, ...]] = None
     lora_target_modules_why: str = ('None: LoRA on every linear layer but the output head '
                                     '(as the QLoRA paper).')
+    reward_token_id: int = -1   # reward models: the token whose hidden state is scored
+    reward_token_id_why: str = ("-1: each answer's score is read at its end-of-turn token "
+                                '(the template\'s SUFFIX); a token id: that token is appended and '
+                                'read instead.')
 
     def __post_init__(self):
         if self.template not in PROMPT_TEMPLATE:
@@ -159,6 +174,42 @@ DATASETS = {d.key: d for d in [
             epochs=1, epochs_why=CUSTOM_EPOCHS_WHY,
             system_why='Pre-training has no system prompt.',
             inputs=('上海是', 'Shanghai is'), pretrain=True),
+    # Preference pairs.
+    Dataset(key='orpo_dpo_mix', title='orpo-dpo-mix-40k (mlabonne/orpo-dpo-mix-40k, 40k pairs)',
+            path='mlabonne/orpo-dpo-mix-40k',
+            path_why='Hub name, or a local file with the same fields.',
+            map_fn=map_fns.orpo_dpo_mix_40k_map_fn,
+            map_fn_why=("Rows hold 'chosen' and 'rejected' chat-message lists that differ in the "
+                        'last (assistant) message.'),
+            epochs=3, preference=True, held_out=400,
+            held_out_why=('400 pairs set aside, never trained on: the held-out reward accuracy '
+                          'is measured on them.'),
+            system=SYSTEM_TEMPLATE.alpaca, system_why="XTuner's DPO configs ask with the alpaca system prompt.",
+            inputs=('Please tell me five scenic spots in Shanghai',
+                    '890729 - 425663? Only respond with math and no words.')),
+    Dataset(key='ultrafeedback',
+            title='UltraFeedback pairs (argilla/ultrafeedback-binarized-preferences-cleaned, 60k)',
+            path='argilla/ultrafeedback-binarized-preferences-cleaned',
+            path_why='Hub name, or a local file with the same fields.',
+            map_fn=map_fns.orpo_dpo_mix_40k_map_fn,
+            map_fn_why=("Rows hold 'chosen' and 'rejected' chat-message lists that differ in the "
+                        'last (assistant) message.'),
+            epochs=1, epochs_why='One pass: a reward model overfits beyond it (XTuner).',
+            preference=True, held_out=400,
+            held_out_why=('400 pairs set aside, never trained on: the held-out accuracy is '
+                          'measured on them.')),
+    Dataset(key='custom_preference', title='your own preference pairs (ShareGPT layout)',
+            path='/path/to/your/pairs.json',
+            path_why=('Your file (.json array or .jsonl) or a folder of them: each row '
+                      '{"conversations": [{"from": "human", "value": ...}, ...], "chosen": '
+                      '{"from": "gpt", "value": ...}, "rejected": {"from": "gpt", "value": ...}}.'),
+            map_fn=map_fns.sharegpt_preference_map_fn,
+            map_fn_why=('ShareGPT pairs (LLaMA-Factory\'s layout): a conversation ending with a '
+                        'human turn, and the chosen and rejected replies to it.'),
+            epochs=1, epochs_why=CUSTOM_EPOCHS_WHY, preference=True, held_out=0.1,
+            held_out_why=('A tenth of the pairs set aside, never trained on: the held-out accuracy '
+                          'is measured on them.'),
+            system_why='Put your system prompt here if your data uses one.'),
 ]}
 
 CHAT_SETS = ('alpaca', 'oasst1', 'custom_sft', 'custom_conversation')
@@ -184,7 +235,8 @@ MODELS = [
           zoo=methods(qlora=ZH_SETS)),
     Model(family='internlm', key='internlm2_chat_7b', hub_id='internlm/internlm2-chat-7b',
           title='InternLM2-Chat-7B', template='internlm2_chat', template_why=INTERNLM2_WHY,
-          zoo=methods(qlora=ZH_SETS)),
+          zoo=methods(qlora=ZH_SETS), reward_token_id=92527,
+          reward_token_id_why="[UNUSED_TOKEN_130], appended to each sequence and scored (XTuner's)."),
     Model(family='internlm', key='internlm2_5_chat_7b', hub_id='internlm/internlm2_5-7b-chat',
           title='InternLM2.5-7B-Chat', template='internlm2_chat',
           template_why='InternLM2.5 keeps the InternLM2 chat format.', zoo=methods(qlora=ZH_SETS)),
@@ -199,7 +251,8 @@ MODELS = [
     Model(family='llama', key='llama3_8b_instruct', hub_id='meta-llama/Meta-Llama-3-8B-Instruct',
           title='Llama-3-8B-Instruct', template='llama3_chat',
           template_why="Llama 3's '<|start_header_id|>' header format, as the instruct model was trained.",
-          zoo=methods(qlora=CHAT_SETS + ('code_alpaca',))),
+          zoo=methods(qlora=CHAT_SETS + ('code_alpaca',)), reward_token_id=128002,
+          reward_token_id_why="<|reserved_special_token_0|>, appended to each sequence and scored (XTuner's)."),
     Model(family='llama', key='llama3_1_8b_instruct', hub_id='meta-llama/Llama-3.1-8B-Instruct',
           title='Llama-3.1-8B-Instruct', template='llama3_chat',
           template_why='Llama 3.1 keeps the Llama 3 header format.', zoo=methods(qlora=CHAT_SETS)),
@@ -283,6 +336,20 @@ MODELS = [
 ]
 
 
+# Preference configs: model key -> {method: dataset keys}. Two 7B-class families as XTuner has
+# them, Qwen2.5, and SmolLM2-135M small enough to train on a CPU.
+PREFERENCE_ZOO = {
+    'internlm2_chat_7b': dict(dpo_qlora=['orpo_dpo_mix'], orpo_qlora=['orpo_dpo_mix'],
+                              reward_qlora=['ultrafeedback']),
+    'llama3_8b_instruct': dict(dpo_qlora=['orpo_dpo_mix'], orpo_qlora=['orpo_dpo_mix'],
+                               reward_qlora=['ultrafeedback']),
+    'qwen2_5_7b_instruct': dict(dpo_qlora=['orpo_dpo_mix', 'custom_preference'],
+                                orpo_qlora=['orpo_dpo_mix'], reward_qlora=['ultrafeedback']),
+    'smollm2_135m_instruct': dict(dpo_qlora=['custom_preference'], orpo_qlora=['custom_preference'],
+                                  reward_qlora=['custom_preference']),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Entry:
     """One config the generator writes: a model, a method and a dataset (and, for a twin, the
@@ -326,12 +393,35 @@ def zoo_entries() -> list:
             for key in keys:
                 if key not in DATASETS:
                     raise ValueError(f'model {model.key}: no dataset {key!r} in DATASETS')
+                if DATASETS[key].preference:
+                    raise ValueError(f'model {model.key}: {key} holds preference pairs; list it in '
+                                     'PREFERENCE_ZOO')
                 entries.append(Entry(model=model, method=method, dataset=DATASETS[key]))
+    entries += preference_entries()
     by_name = {entry.name: entry for entry in entries}
     for twin, zoo_name in TWINS.items():
         if zoo_name not in by_name:
             raise ValueError(f'TWINS: {twin} names no zoo config {zoo_name!r}')
         entries.append(replace(by_name[zoo_name], twin_name=twin))
+    return entries
+
+
+def preference_entries() -> list:
+    """The DPO, ORPO and reward-model configs of ``PREFERENCE_ZOO``."""
+    models = {model.key: model for model in MODELS}
+    entries = []
+    for model_key, zoo in PREFERENCE_ZOO.items():
+        if model_key not in models:
+            raise ValueError(f'PREFERENCE_ZOO: no model {model_key!r} in MODELS')
+        for method, keys in zoo.items():
+            if method not in PREFERENCE_METHODS:
+                raise ValueError(f'PREFERENCE_ZOO[{model_key!r}]: unknown method {method!r}; '
+                                 f'expected {PREFERENCE_METHODS}')
+            for key in keys:
+                if key not in DATASETS or not DATASETS[key].preference:
+                    raise ValueError(f'PREFERENCE_ZOO[{model_key!r}]: {key!r} is not a preference '
+                                     'dataset of DATASETS')
+                entries.append(Entry(model=models[model_key], method=method, dataset=DATASETS[key]))
     return entries
 
 
@@ -426,12 +516,16 @@ def template_values(entry: Entry) -> dict:
         'prompt_template': f'PROMPT_TEMPLATE.{model.template}',
         'prompt_template_why': model.template_why,
         'max_length': repr(model.max_length),
-        'max_length_why': model.max_length_why,
+        'max_length_why': PREFERENCE_MAX_LENGTH_WHY if dataset.preference else model.max_length_why,
         'max_epochs': repr(dataset.epochs),
         'max_epochs_why': dataset.epochs_why,
         'SYSTEM': system,
         'SYSTEM_why': dataset.system_why,
         'evaluation_inputs': _string_list(dataset.inputs),
+        'held_out': repr(dataset.held_out),
+        'held_out_why': dataset.held_out_why,
+        'reward_token_id': repr(model.reward_token_id),
+        'reward_token_id_why': model.reward_token_id_why,
     }
 
 

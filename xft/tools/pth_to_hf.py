@@ -23,6 +23,7 @@ from mmengine.config import DictAction
 
 from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
+from xft.utils.errors import UserError
 
 STEPS = 4
 
@@ -81,7 +82,15 @@ def convert(args):
     check_model_sources(cfg, resolve_config(args.config))  # the base's config.json, the tokenizer
 
     progress.step(f'reading checkpoint {args.pth_model}')
-    state_dict = llm_state_dict(read_checkpoint_state_dict(args.pth_model))
+    checkpoint = read_checkpoint_state_dict(args.pth_model)
+    # Trained weights outside the LLM (a reward model's value head) have no place in an adapter
+    # or an HF causal LM: refuse rather than drop them.
+    outside = sorted(key for key in checkpoint if not key.startswith('llm.'))
+    if outside:
+        raise UserError(f'{args.pth_model}: holds trained weights outside model.llm ({outside[0]!r}, '
+                        "e.g. a reward model's value head), which an adapter or HF model cannot "
+                        'carry; converting reward models is not supported yet')
+    state_dict = llm_state_dict(checkpoint)
     lora = is_lora_state_dict(state_dict)
     # Tied weights (embeddings and head) share one tensor: count it once.
     n_params = sum({t.data_ptr(): t.numel() for t in state_dict.values()}.values())

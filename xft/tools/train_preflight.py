@@ -34,14 +34,21 @@ def prepare_train_data(cfg) -> None:
 
 
 def _pipeline_entries(cfg):
-    """(process_hf_dataset entry, its cache folder) of the training data; none for other datasets."""
+    """(process_hf_dataset entry, its cache folder) of the training data; none for other datasets
+    (a user's own type, preference pairs)."""
     from xft.tools.dataset_tools import dataset_entries
     loader = cfg.get('train_dataloader')
     if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
         return []
+    from xft.tools.dataset_tools import is_preference_entry
     try:
         entries = dataset_entries(cfg)
     except UserError:  # a dataset type of the user's own: the Runner builds it as it is
+        return []
+    # Preference pairs (build_preference_dataset) have no cache to hand over: the Runner
+    # builds them, and their bad rows stop it there in one line all the same.
+    entries = [entry for entry in entries if not is_preference_entry(entry)]
+    if not entries:
         return []
     folder = Path(cfg.work_dir) / CACHE_DIRNAME
     if len(entries) == 1:

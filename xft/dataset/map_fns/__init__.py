@@ -1,4 +1,5 @@
-"""Map functions: one raw row in, ``{'conversation': [{'system', 'input', 'output'}, ...]}`` out.
+"""Map functions: one raw row in, ``{'conversation': [{'system', 'input', 'output'}, ...]}`` out
+(preference map fns: ``{'prompt', 'chosen', 'rejected'}``, see ``preference.py``).
 
 Each is registered where it is defined, ``@register_map_fn(fields=...)``, in
 ``xft.registry.MAP_FUNC`` under its own name, with the fields of a raw row it reads (a
@@ -10,7 +11,7 @@ See README.md in this folder for adding one.
 from xft.registry import MAP_FUNC
 
 # Importing a module registers its map fns; this order is the order they are listed in.
-from . import instruction, chat, pretrain  # noqa: F401,I001
+from . import instruction, chat, pretrain, preference  # noqa: F401,I001
 from .template import TemplateMapFn, template_map_fn, template_map_fn_factory
 
 
