@@ -75,8 +75,10 @@ def test_new_keys_the_built_classes_accept_are_fine():
         'train_dataloader.dataset.max_dataset_length': 10,     # process_hf_dataset
         'train_dataloader.pin_memory': True,                   # torch's DataLoader
         'log_processor.window_size': 1,                        # mmengine's LogProcessor
-        'randomness.seed': 3, 'work_dir': 'somewhere'})        # Runner settings
+        'randomness.seed': 3, 'work_dir': 'somewhere',         # Runner settings
+        'sequence_parallel_size': 2})                          # xft's own top-level setting
     assert cfg.train_cfg.max_iters == 3 and cfg.custom_hooks[1]['max_new_tokens'] == 4
+    assert cfg.sequence_parallel_size == 2
 
 
 def test_an_unknown_template_in_a_config_names_the_line_and_the_closest_template(tmp_path):

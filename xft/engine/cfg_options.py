@@ -22,7 +22,9 @@ from xft.utils.errors import ConfigError, did_you_mean
 
 # Top-level keys mmengine's Runners read besides their constructor arguments, and xft's own.
 RUNNER_EXTRA_KEYS = ('runner_type', 'model_wrapper_cfg', 'compile', 'custom_imports', 'strategy',
-                     'find_unused_parameters')
+                     'find_unused_parameters',
+                     # xft's: read by xft.parallel.sequence.setup before the Runner is built
+                     'sequence_parallel_size')
 # What mmengine's Runner.build_dataloader takes out of train_dataloader before DataLoader(**rest).
 _DATALOADER_EXTRA_KEYS = ('dataset', 'sampler', 'batch_sampler', 'collate_fn', 'worker_init_fn')
 _DOTTED_NAME = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
