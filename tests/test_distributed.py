@@ -10,14 +10,13 @@ onto the CPU, replay from the second micro-batch on."""
 import json
 import shutil
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from helpers.data_parallel import with_cpu_graphs
 from helpers.paths import ALPACA_SUBSET
-from helpers.training import logged_losses, train_env, train_in_process, write_tiny_config
+from helpers.training import logged_losses, run_launched, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs, use_deepspeed
@@ -58,10 +57,9 @@ def run_processes(config, work_dir, *extra, options=(), processes=2, iterations=
     process, 2 per step."""
     env = train_env(NPROC_PER_NODE=str(processes), PORT=str(free_port()))
     accumulation, iterations = 2 // processes, iterations // processes
-    return subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-                           *extra, '--cfg-options', *COMMON, f'optim_wrapper.accumulative_counts={accumulation}',
-                           f'train_cfg.max_iters={iterations}', *options], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return run_launched([sys.executable, '-m', 'xft.cli', 'train', config, '--work-dir', work_dir,
+                         *extra, '--cfg-options', *COMMON, f'optim_wrapper.accumulative_counts={accumulation}',
+                         f'train_cfg.max_iters={iterations}', *options], env=env)
 
 
 def train_two_processes(config, work_dir, *extra, options=(), processes=2):

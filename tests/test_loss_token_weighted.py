@@ -9,13 +9,12 @@ at 0) agree. The control: the mean of per-micro-batch means (XTuner's and mmengi
 import doctest
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from helpers.paths import REPO
-from helpers.training import TINY_CONFIG as TEMPLATE, logged_losses, run_train, train_env
+from helpers.training import TINY_CONFIG as TEMPLATE, logged_losses, run_launched, run_train, train_env
 from mmengine.optim import OptimWrapper
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
@@ -165,10 +164,9 @@ def one_step(config, work_dir, batch_size, accumulation, extra=()):
 
 def two_processes_one_step(config, work_dir):
     env = train_env(NPROC_PER_NODE='2', PORT=str(free_port()))
-    result = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-                             '--cfg-options', *ONE_STEP, 'train_dataloader.batch_size=1',
-                             'optim_wrapper.accumulative_counts=1', 'train_cfg.max_iters=1'],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    result = run_launched([sys.executable, '-m', 'xft.cli', 'train', config, '--work-dir', work_dir,
+                           '--cfg-options', *ONE_STEP, 'train_dataloader.batch_size=1',
+                           'optim_wrapper.accumulative_counts=1', 'train_cfg.max_iters=1'], env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert 'gloo process group: rank 1 of 2' in result.stdout + result.stderr
     return load_checkpoint_file(work_dir / 'iter_1.pth')['state_dict']

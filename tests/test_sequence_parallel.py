@@ -11,14 +11,13 @@ DeepSpeed ZeRO-2, against one process.
 """
 import contextlib
 import io
-import subprocess
 import sys
 
 import pytest
 import torch
 from helpers.paths import ALPACA_SUBSET
 from helpers.sequence_parallel import batches, case_results, free_port, run_group, save_tiny_model
-from helpers.training import logged_losses, train_env, train_in_process, write_tiny_config
+from helpers.training import logged_losses, run_launched, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.model.loss import shift_labels
@@ -193,8 +192,7 @@ OPTIONS = ('train_cfg.max_iters=6', 'optim_wrapper.accumulative_counts=2', 'trai
 
 def train_two_processes(config, work_dir, *extra, processes=2, expect_rc=0):
     env = train_env(NPROC_PER_NODE=str(processes), PORT=str(free_port()))
-    result = subprocess.run([sys.executable, '-m', 'xft.cli', 'train', str(config), '--work-dir', str(work_dir),
-                             *extra], capture_output=True, text=True, env=env, timeout=300)
+    result = run_launched([sys.executable, '-m', 'xft.cli', 'train', config, '--work-dir', work_dir, *extra], env=env)
     if expect_rc is not None:
         assert result.returncode == expect_rc, result.stderr[-4000:]
     return result

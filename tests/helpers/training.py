@@ -80,6 +80,22 @@ def train_env(**extra):
     return env
 
 
+def run_launched(command, env, timeout=300, cwd=None) -> subprocess.CompletedProcess:
+    """Run a command that starts its own processes (torchrun and its ranks) in a session of its
+    own. On a timeout the whole group is killed, so no rank is left spinning on a core while the
+    rest of the suite runs, and the test fails with the tail of what the ranks printed."""
+    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f'{" ".join(map(str, command[:4]))} ... ran past {timeout} s; its last output:\n'
+                    f'{stdout[-2000:]}\n{stderr[-4000:]}')
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def train_command(*args):
     return [sys.executable, str(REPO / 'tools' / 'train.py'), *map(str, args)]
 
