@@ -162,7 +162,8 @@ def test_deepspeed_zero2_on_two_gloo_processes_trains_like_one_process(tmp_path,
     assert (zero_dir / 'iter_6.pth').is_dir() and (zero_dir / 'last_checkpoint').read_text().endswith('iter_6.pth')
     # It holds one optimizer partition per rank: a resume on one process is refused.
     assert saved_world_size(zero_dir / 'iter_6.pth') == 2 and saved_world_size(one_dir / 'iter_12.pth') == 1
-    strategy = WorldSizeCheckedDeepSpeedStrategy(config=read_deepspeed_config('deepspeed_zero2'))
+    strategy = WorldSizeCheckedDeepSpeedStrategy(config=read_deepspeed_config('deepspeed_zero2'),
+                                                  work_dir=str(tmp_path / 'strategy'))
     with pytest.raises(UserError, match='iter_6.pth: saved by 2 processes, this run has 1; resuming'):
         strategy.resume(str(zero_dir / 'iter_6.pth'))
 

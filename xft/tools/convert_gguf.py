@@ -15,12 +15,12 @@ Example::
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
+from xft.utils.progress import StepProgress
 
 OUTTYPES = ('f16', 'bf16', 'q8_0')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json')
@@ -48,17 +48,6 @@ def parse_args(argv):
     parser.add_argument('--name', help='general.name in the file (default: the file name)')
     return parser.parse_args(argv)
 
-
-class _Progress:
-    def __init__(self, total):
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-
-    def step(self, what):
-        self.done += 1
-        print(f'[{self.done}/{self.total}] {what} ...', flush=True)
-
-    def elapsed(self):
-        return time.perf_counter() - self.started
 
 
 def _require_gguf():
@@ -157,7 +146,7 @@ def convert(args):
 
     _check_paths(args)
     _require_gguf()
-    progress = _Progress(STEPS)
+    progress = StepProgress(STEPS)
     progress.step(f'reading {args.model}')
     spec = architecture_of(_read_config(args.model))   # refuse before loading any weight
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder(args.model, args.adapter)))

@@ -11,19 +11,22 @@ Example::
 
     $ python tools/pth_to_hf.py configs/smollm2_135m_qlora_self_cognition.py \\
           work_dirs/smollm2_135m_qlora_self_cognition/iter_40.pth work_dirs/hf_adapter
-    [1/4] reading checkpoint ... 0.1 s (128 tensors, LoRA)
-    ...
+    [1/4] reading config configs/smollm2_135m_qlora_self_cognition.py ...
+    [2/4] reading checkpoint work_dirs/smollm2_135m_qlora_self_cognition/iter_40.pth ...
+          128 tensors, 1,843,200 parameters, LoRA adapter
+    [3/4] writing PEFT adapter to work_dirs/hf_adapter (base built on the meta device) ...
+    [4/4] saving tokenizer and config ...
     saved a PEFT adapter to work_dirs/hf_adapter in 1.9 s
 """
 import argparse
 import sys
-import time
 
 from mmengine.config import DictAction
 
 from xft.tools.command import run_command
 from xft.tools.notices import quiet_library_notices
 from xft.utils.errors import UserError
+from xft.utils.progress import StepProgress
 
 STEPS = 4
 
@@ -50,20 +53,6 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-class _Progress:
-    """Prints ``[i/n] what ... seconds`` for each step of the conversion."""
-
-    def __init__(self, total):
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-
-    def step(self, what):
-        self.done += 1
-        print(f'[{self.done}/{self.total}] {what} ...', flush=True)
-        return time.perf_counter()
-
-    def elapsed(self):
-        return time.perf_counter() - self.started
-
 
 def convert(args):
     # Imported here so that --help and argument errors answer at once.
@@ -75,7 +64,7 @@ def convert(args):
     from xft.model.export import (export_weights, is_lora_state_dict, llm_state_dict, require_llm,
                                   save_tokenizer_and_config)
 
-    progress = _Progress(STEPS)
+    progress = StepProgress(STEPS)
     progress.step(f'reading config {args.config}')
     cfg = load_config(args.config, args.cfg_options)
     require_llm(cfg)
