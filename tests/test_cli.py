@@ -81,6 +81,18 @@ def test_copy_cfg_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and 'not a folder' in err and err.count('\n') == 1
 
 
+def test_copy_cfg_keeps_an_edited_copy(tmp_path, capsys):
+    assert run_main(capsys, 'copy-cfg', 'llama2_7b_chat_qlora_alpaca_e3', tmp_path)[0] == 0
+    copy = tmp_path / 'llama2_7b_chat_qlora_alpaca_e3_copy.py'
+    assert run_main(capsys, 'copy-cfg', 'llama2_7b_chat_qlora_alpaca_e3', tmp_path)[0] == 0  # unedited: fine
+    edited = copy.read_text().replace('max_length = 2048', 'max_length = 1024')
+    assert edited != copy.read_text()
+    copy.write_text(edited)
+    code, _, err = run_main(capsys, 'copy-cfg', 'llama2_7b_chat_qlora_alpaca_e3', tmp_path)
+    assert code == 2 and err.count('\n') == 1 and 'a copy is already there' in err
+    assert copy.read_text() == edited
+
+
 def test_unknown_verb_and_unknown_conversion(capsys):
     code, _, err = run_main(capsys, 'frobnicate')
     assert code == 2 and err == "xft: unknown verb 'frobnicate'; run `xft help` for the list\n"

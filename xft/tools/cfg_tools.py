@@ -86,7 +86,12 @@ def copy_config(name, save_dir) -> Path:
     save_dir.mkdir(parents=True, exist_ok=True)
     target = save_dir / f'{source.stem}{COPY_SUFFIX}.py'
     header, rest = split_header(source.read_text(encoding='utf-8'))
-    target.write_text(copy_header(header, source.stem, target) + rest, encoding='utf-8')
+    text = copy_header(header, source.stem, target) + rest
+    # A copy is there to be edited: writing over one would lose those edits without a word.
+    if target.exists() and target.read_text(encoding='utf-8') != text:
+        raise UserError(f'{target}: a copy is already there and differs from {source.stem} (your edits?); '
+                        'left as it is. Move it away, or copy into another folder')
+    target.write_text(text, encoding='utf-8')
     return target
 
 
