@@ -89,15 +89,15 @@ def test_weights_are_compared_relative_to_each_tensor():
 
 def test_the_checks_on_two_gloo_processes(tmp_path, shared_data):
     out = tmp_path / 'out'
-    code = multi.main(['--smoke', '--out', str(out), '--work-root', str(tmp_path / 'runs'), '--phases', 'equality,resume',
+    # Only the equality phase: the resume refusal it would add is tests/test_distributed.py's
+    # (the same code path), and each more launch costs the suite ~15 s of both cores.
+    code = multi.main(['--smoke', '--out', str(out), '--work-root', str(tmp_path / 'runs'), '--phases', 'equality',
                        '--data', str(shared_data / 'alpaca' / 'alpaca_data_subset.json')])
     records = [json.loads(line) for line in next(out.glob('multi_gpu_*.jsonl')).read_text().splitlines()]
     assert code == 0, (out / 'multi_gpu_logs.txt').read_text()[-3000:]
-    equality, resume = records
+    equality, = records
     # float32 on the CPU: two processes make exactly the steps of one with twice the accumulation
     # (each rank's gradient is twice its share, averaged: powers of two, no rounding).
     assert equality['check'] == 'equality' and equality['passed'] and equality['compared_losses'] == 4
     assert equality['max_loss_diff'] == 0.0 and equality['max_rel_weight_diff'] == 0.0
     assert equality['lora_B_min_max_abs'] > 1e-4  # the weights moved
-    assert resume['check'] == 'resume_world_size' and resume['passed'] and resume['status'] == 'rc=2'
-    assert 'saved by 2 processes, this run has 1; resuming with another process count is refused' in resume['line']
