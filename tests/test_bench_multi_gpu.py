@@ -87,6 +87,7 @@ def test_weights_are_compared_relative_to_each_tensor():
     assert compared['tensors'] == 2 and compared['lora_B_min_max_abs'] == 2.0
 
 
+@pytest.mark.kit
 def test_the_checks_on_two_gloo_processes(tmp_path, shared_data):
     out = tmp_path / 'out'
     # Only the equality phase: the resume refusal it would add is tests/test_distributed.py's
