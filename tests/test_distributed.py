@@ -9,14 +9,13 @@ groups are the same). Rows are packed (all of one length), so that the layers' g
 onto the CPU, replay from the second micro-batch on."""
 import json
 import shutil
-import socket
 import sys
 
 import pytest
 import torch
 from helpers.data_parallel import with_cpu_graphs
 from helpers.paths import ALPACA_SUBSET
-from helpers.training import logged_losses, run_launched, train_env, train_in_process, write_tiny_config
+from helpers.training import free_port, logged_losses, run_launched, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.engine.deepspeed import fill_auto_fields, read_deepspeed_config, shipped_configs, use_deepspeed
@@ -31,12 +30,6 @@ COMMON = ('train_dataloader.batch_size=1', 'model.lora.lora_dropout=0.0', 'param
 # Packed rows all have one length: the layers' graphs (forced onto the CPU) replay from the
 # second micro-batch on. Unpacked rows of 24 lengths would keep them eager.
 PACKED = ('train_dataloader.dataset.pack_to_max_length=True', )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

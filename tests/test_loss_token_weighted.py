@@ -8,13 +8,12 @@ at 0) agree. The control: the mean of per-micro-batch means (XTuner's and mmengi
 """
 import doctest
 import json
-import socket
 import sys
 
 import pytest
 import torch
 from helpers.paths import REPO
-from helpers.training import TINY_CONFIG as TEMPLATE, logged_losses, run_launched, run_train, train_env
+from helpers.training import TINY_CONFIG as TEMPLATE, free_port, logged_losses, run_launched, run_train, train_env
 from mmengine.optim import OptimWrapper
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
@@ -106,12 +105,6 @@ def test_a_micro_batch_without_trained_tokens_gives_a_zero_loss_not_nan(tiny_lla
 
 
 # ----------------------------------------------------------------------------- end to end
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
 
 def short_and_long_rows(shared_data):
     """Two real alpaca rows without input: the shortest answer and a long one (under 900

@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 from helpers.paths import ALPACA_SUBSET
-from helpers.sequence_parallel import batches, case_results, free_port, run_group, save_tiny_model
-from helpers.training import logged_losses, run_launched, train_env, train_in_process, write_tiny_config
+from helpers.sequence_parallel import batches, case_results, run_group, save_tiny_model
+from helpers.training import free_port, logged_losses, run_launched, train_env, train_in_process, write_tiny_config
 
 from xft.engine.checkpoint import load_checkpoint_file
 from xft.model.loss import shift_labels

@@ -7,10 +7,10 @@ test then computes the same cases in its own process, without groups, on whole r
 ``model_dir`` trained with LoRA, QLoRA or fully, through the fast path or the plain one.
 """
 import os
-import socket
 
 import torch
 
+from helpers.training import free_port
 from xft.utils.constants import IGNORE_INDEX
 
 # Built once per process (as a test builds it): token lists of the tiny tokenizer's vocabulary.
@@ -179,12 +179,6 @@ def group_worker(rank, world, port, out_dir, cases):
         torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
 
 
 def run_group(world, out_dir, cases):

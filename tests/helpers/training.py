@@ -9,6 +9,7 @@ a file size limit, a second process, or the exit status and stderr of the comman
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -78,6 +79,13 @@ def train_env(**extra):
                                                         os.environ.get('PYTHONPATH')])))
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1, for a launched group's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
 
 
 def run_launched(command, env, timeout=300, cwd=None) -> subprocess.CompletedProcess:
