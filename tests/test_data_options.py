@@ -106,3 +106,41 @@ def test_a_bad_row_is_named_by_its_origin(tmp_path, tiny_tokenizer):
     with pytest.raises(DataError, match=rf'^{path} line 8: alpaca_map_fn expects fields'):
         process_hf_dataset(path, tiny_tokenizer, 64, dataset_map_fn=alpaca_map_fn,
                            pack_to_max_length=False)
+
+
+def _as_rank(monkeypatch, rank, barriers):
+    import mmengine.dist
+    monkeypatch.setattr(mmengine.dist, 'get_rank', lambda: rank)
+    monkeypatch.setattr(mmengine.dist, 'is_distributed', lambda: True)
+    monkeypatch.setattr(mmengine.dist, 'barrier', lambda: barriers.append(rank))
+
+
+def test_every_rank_meets_rank_zero_at_the_cache_barrier_even_when_the_cache_is_already_written(
+        tmp_path, tiny_tokenizer, monkeypatch):
+    # A rank slower than rank 0 used to find the cache written, skip the barrier and wait at the
+    # next collective while rank 0 waited at this one: both hung (CI, 2026-12-07).
+    from xft.dataset.pipeline import _cached
+    path = tmp_path / 'rows.json'
+    path.write_text(json.dumps([{'instruction': f'q{i}', 'input': '', 'output': f'a{i}'} for i in range(6)]))
+    options = PipelineOptions(tokenizer=tiny_tokenizer, max_length=64, dataset_map_fn=alpaca_map_fn,
+                              pack_to_max_length=False)
+    cache_dir = tmp_path / 'cache'
+    barriers = []
+    _as_rank(monkeypatch, 0, barriers)
+    written = _cached(path, options, cache_dir)
+    _as_rank(monkeypatch, 1, barriers)
+    loaded = _cached(path, options, cache_dir)
+    assert barriers == [0, 1]
+    assert loaded['input_ids'] == written['input_ids'] and len(loaded) == 6
+
+
+def test_a_rank_that_cannot_see_rank_zeros_cache_says_the_filesystem_must_be_shared(
+        tmp_path, tiny_tokenizer, monkeypatch):
+    from xft.dataset.pipeline import _cached
+    path = tmp_path / 'rows.json'
+    path.write_text(json.dumps([{'instruction': 'q', 'input': '', 'output': 'a'}]))
+    options = PipelineOptions(tokenizer=tiny_tokenizer, max_length=64, dataset_map_fn=alpaca_map_fn,
+                              pack_to_max_length=False)
+    _as_rank(monkeypatch, 1, [])
+    with pytest.raises(DataError, match=r'^\S+cache: rank 1 does not find .* filesystem they share$'):
+        _cached(path, options, tmp_path / 'cache')

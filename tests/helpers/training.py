@@ -88,16 +88,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants. Not a process-group kill: torchrun starts each
+    rank in a session of its own, so killing the launcher's group once left two ranks waiting on
+    each other for gloo's 30 minutes, holding the pipes the test was reading (CI, 2026-12-07)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+
+
 def run_launched(command, env, timeout=300, cwd=None) -> subprocess.CompletedProcess:
-    """Run a command that starts its own processes (torchrun and its ranks) in a session of its
-    own. On a timeout the whole group is killed, so no rank is left spinning on a core while the
-    rest of the suite runs, and the test fails with the tail of what the ranks printed."""
+    """Run a command that starts its own processes (torchrun and its ranks). On a timeout the
+    whole tree is killed, so no rank is left holding a core (or our pipes) while the rest of the
+    suite runs, and the test fails with the tail of what the ranks printed."""
     process = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=cwd, start_new_session=True)
+                               text=True, env=env, cwd=cwd)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         stdout, stderr = process.communicate()
         pytest.fail(f'{" ".join(map(str, command[:4]))} ... ran past {timeout} s; its last output:\n'
                     f'{stdout[-2000:]}\n{stderr[-4000:]}')

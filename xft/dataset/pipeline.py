@@ -262,16 +262,22 @@ def _cached(dataset, options, cache_dir):
     from mmengine.dist import barrier, get_rank, is_distributed
 
     key = options.cache_key(dataset)
-    if not _cache_matches(cache_dir, key):
-        if get_rank() == 0:
-            processed, stats = run_pipeline(dataset, options)
-            log_stats(stats)
-            processed.save_to_disk(str(cache_dir))
-            (cache_dir / CACHE_META_FILE).write_text(json.dumps(
-                {'key': key, 'stats': asdict(stats)}, indent=1))
-            print_log(f'[xft data] processed dataset saved to {cache_dir}', logger='current')
-        if is_distributed():
-            barrier()
+    if get_rank() == 0 and not _cache_matches(cache_dir, key):
+        processed, stats = run_pipeline(dataset, options)
+        log_stats(stats)
+        processed.save_to_disk(str(cache_dir))
+        (cache_dir / CACHE_META_FILE).write_text(json.dumps(
+            {'key': key, 'stats': asdict(stats)}, indent=1))
+        print_log(f'[xft data] processed dataset saved to {cache_dir}', logger='current')
+    # Every rank passes this barrier, whatever it finds on disk: a rank that looked only after
+    # rank 0 had written the cache once skipped it and went on to the next collective while
+    # rank 0 waited here, and both hung until gloo's 30-minute timeout.
+    if is_distributed():
+        barrier()
+        if get_rank() != 0 and not _cache_matches(cache_dir, key):
+            raise DataError(f'{cache_dir}: rank {get_rank()} does not find the dataset rank 0 has just '
+                            'processed there; with several nodes, cache_dir must be on a filesystem '
+                            'they share')
     meta = json.loads((cache_dir / CACHE_META_FILE).read_text())
     print_log(f'[xft data] loaded processed dataset from {cache_dir}: '
               f'{PipelineStats(**meta["stats"]).summary()}', logger='current')
