@@ -1,7 +1,11 @@
-"""LengthGroupedSampler: a permutation, batches of similar length, longest first, seeded."""
+"""LengthGroupedSampler: a permutation, batches of similar length, longest first, seeded.
+InternRepoSampler: XTuner's numpy order, split over data-parallel ranks, the tail dropped."""
 import pytest
 
-from xft.dataset.samplers import DefaultSampler, LengthGroupedSampler
+import numpy as np
+
+from xft.dataset import samplers
+from xft.dataset.samplers import DefaultSampler, InternRepoSampler, LengthGroupedSampler
 from xft.utils.errors import ConfigError
 
 
@@ -61,3 +65,38 @@ def test_default_sampler_is_mmengines():
     from mmengine.dataset import DefaultSampler as MMEngineDefaultSampler
     assert DefaultSampler is MMEngineDefaultSampler
     assert sorted(DefaultSampler(list(range(5)), shuffle=True, seed=0)) == list(range(5))
+
+
+def _data_parallel(monkeypatch, rank, world_size):
+    monkeypatch.setattr(samplers, 'get_data_parallel_rank', lambda: rank)
+    monkeypatch.setattr(samplers, 'get_data_parallel_world_size', lambda: world_size)
+
+
+def test_intern_repo_sampler_draws_xtuners_order_split_over_data_parallel_ranks(monkeypatch):
+    # XTuner's order for 11 rows, seed 1024, epoch 0: numpy's RandomState(1024) shuffle.
+    expected = np.arange(11)
+    np.random.RandomState(1024).shuffle(expected)
+    expected = expected.tolist()
+    assert list(InternRepoSampler(list(range(11)))) == expected
+    parts = []
+    for rank in range(3):
+        _data_parallel(monkeypatch, rank, 3)
+        sampler = InternRepoSampler(list(range(11)), seed=1024)
+        parts.append(list(sampler))
+        assert len(sampler) == 3
+    # Rank d takes every third index of the order from d; the two rows past 9 are dropped.
+    assert parts == [expected[0:9:3], expected[1:9:3], expected[2:9:3]]
+    assert not set(parts[0]) & set(parts[1]) and len(set(sum(parts, []))) == 9
+
+
+def test_intern_repo_sampler_honours_the_seed_and_the_epoch_and_shuffle_false(monkeypatch):
+    rows = list(range(50))
+    first = list(InternRepoSampler(rows, seed=1))
+    assert first != list(InternRepoSampler(rows)) and first == list(InternRepoSampler(rows, seed=1))
+    sampler = InternRepoSampler(rows, seed=1)
+    sampler.set_epoch(1)
+    assert list(sampler) == list(InternRepoSampler(rows, seed=2))
+    assert list(InternRepoSampler(rows, shuffle=False)) == rows
+    _data_parallel(monkeypatch, 0, 4)
+    with pytest.raises(ConfigError, match='^InternRepoSampler: 3 rows cannot give each of 4 data-parallel'):
+        InternRepoSampler([0, 1, 2])

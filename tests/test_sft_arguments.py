@@ -53,6 +53,23 @@ def base_of(model):
     return model.llm.get_base_model() if hasattr(model.llm, 'get_base_model') else model.llm
 
 
+# ----------------------------------------------------------------------- attn_implementation
+
+def test_flash_attention_asked_for_but_not_installed_falls_back_to_sdpa_and_says_so(tiny_llama_dir, capture_log,
+                                                                                    monkeypatch):
+    import transformers.utils
+    log = capture_log()
+    monkeypatch.setattr(transformers.utils, 'is_flash_attn_2_available', lambda: False)
+    model = SupervisedFinetune(llm=dict(llm_cfg(tiny_llama_dir), attn_implementation='flash_attention_2'),
+                               lora=LORA, use_fast_path=False)
+    assert model.attention_implementation == 'sdpa'
+    assert ("model.llm.attn_implementation='flash_attention_2': flash-attn 2 is not installed here; using "
+            "'sdpa'") in log()
+    # Without the fallback transformers stops the build (XTuner's mistral full configs ask for it).
+    with pytest.raises(ImportError, match='FlashAttention2'):
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation='flash_attention_2')
+
+
 # ----------------------------------------------------------------------- max_position_embeddings
 
 def test_rope_is_scaled_linearly_before_the_model_is_built(tiny_llama_dir, capture_log):

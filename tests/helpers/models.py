@@ -41,3 +41,27 @@ def save_tiny_llama(path, tokenizer, seed=0):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+def save_tiny_moe(path, tokenizer, model_type, experts=4, seed=0):
+    """Save a 2-layer, 64-wide random DeepSeek-V2 (``'deepseek_v2'``: its second layer holds
+    ``experts`` routed experts and a shared one) or Mixtral (``'mixtral'``) with ``tokenizer``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    if model_type == 'deepseek_v2':
+        config = transformers.DeepseekV2Config(
+            **common, moe_intermediate_size=32, n_routed_experts=experts, n_shared_experts=1, num_experts_per_tok=2,
+            first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+            qk_nope_head_dim=8, v_head_dim=16)
+        model = transformers.DeepseekV2ForCausalLM(config)
+    else:
+        config = transformers.MixtralConfig(**common, num_local_experts=experts, num_experts_per_tok=2)
+        model = transformers.MixtralForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)

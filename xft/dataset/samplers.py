@@ -1,4 +1,5 @@
-"""Samplers: ``LengthGroupedSampler`` (XTuner's arguments) and mmengine's ``DefaultSampler``.
+"""Samplers: ``LengthGroupedSampler`` and ``InternRepoSampler`` (XTuner's arguments) and
+mmengine's ``DefaultSampler``.
 
 ``LengthGroupedSampler`` shuffles, cuts the order into mega-batches, sorts each mega-batch by
 length (longest first) so a batch holds rows of similar length (less padding), and puts the
@@ -8,17 +9,24 @@ longest batch first so an out-of-memory shows at step one. Each rank takes every
 import math
 from typing import Iterator, Optional, Sized
 
+import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_dist_info, sync_random_seed
+from mmengine.logging import print_log
 from torch.utils.data import Sampler
 
+from xft.parallel.sequence.groups import get_data_parallel_rank, get_data_parallel_world_size
 from xft.utils.errors import ConfigError
 
 # Mega-batches hold at most this many global batches (XTuner's and HF Trainer's default).
 MAX_MEGA_BATCH_MULT = 50
 
-__all__ = ['LengthGroupedSampler', 'DefaultSampler', 'length_grouped_indices']
+__all__ = ['LengthGroupedSampler', 'InternRepoSampler', 'InternlmRepoSampler', 'DefaultSampler',
+           'length_grouped_indices']
+
+# InternRepoSampler's seed in XTuner, which InternEVO's data order was aligned with.
+INTERN_REPO_SEED = 1024
 
 
 def length_grouped_indices(lengths, group_batch_size, generator=None):
@@ -88,3 +96,50 @@ def _lengths(dataset, length_property):
         raise ConfigError(f'LengthGroupedSampler: {length_property!r} has {len(lengths)} '
                           f'entries for {len(dataset)} rows')
     return lengths
+
+
+class InternRepoSampler(Sampler):
+    """``sampler=dict(type=InternRepoSampler, shuffle=True, seed=1024)`` in XTuner's full
+    fine-tuning configs (with ``batch_sampler=dict(type=BatchSampler, drop_last=True, ...)``).
+
+    The order is numpy's ``RandomState(seed + epoch)`` shuffle, as XTuner and InternEVO draw it,
+    so a run sees its rows in the order it saw them there. The tail that does not fill every
+    data-parallel rank is dropped (no row is repeated), and data-parallel rank ``d`` of ``D``
+    takes every ``D``-th index from ``d``: the ranks of a sequence-parallel group draw the same
+    rows. XTuner forces the seed to 1024 whatever the config says; here the config's seed is
+    used, 1024 when it gives none.
+    """
+
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: Optional[int] = None) -> None:
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = INTERN_REPO_SEED if seed is None else int(seed)
+        self.epoch = 0
+        self.rank = get_data_parallel_rank()
+        self.world_size = get_data_parallel_world_size()
+        self.num_samples = len(dataset) // self.world_size
+        self.total_size = self.num_samples * self.world_size
+        if self.num_samples == 0:
+            raise ConfigError(f'InternRepoSampler: {len(dataset)} rows cannot give each of '
+                              f'{self.world_size} data-parallel ranks one row')
+
+    def __iter__(self) -> Iterator[int]:
+        indices = np.arange(len(self.dataset))
+        if self.shuffle:
+            np.random.RandomState(self.seed + self.epoch).shuffle(indices)
+        return iter(indices[:self.total_size][self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class InternlmRepoSampler(InternRepoSampler):
+    """XTuner's older name for ``InternRepoSampler``."""
+
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: Optional[int] = None) -> None:
+        print_log('InternlmRepoSampler is the older name of InternRepoSampler; it samples the same',
+                  logger='current')
+        super().__init__(dataset, shuffle=shuffle, seed=seed)

@@ -41,7 +41,23 @@ def build_llm(llm) -> nn.Module:
     llm = dict(llm)
     if 'torch_dtype' in llm:
         llm.setdefault('dtype', llm.pop('torch_dtype'))
+    if llm.get('attn_implementation') in FLASH_ATTENTION_PACKAGES and not _flash_attention_installed(
+            llm['attn_implementation']):
+        # XTuner's configs ask for flash_attention_2 and XTuner itself fell back to SDPA where
+        # flash-attn was missing; transformers stops with an ImportError instead.
+        print_log(f"model.llm.attn_implementation={llm['attn_implementation']!r}: "
+                  f"{FLASH_ATTENTION_PACKAGES[llm['attn_implementation']]} is not installed here; using 'sdpa' "
+                  '(exact attention too; packed rows keep their boundaries)', logger='current')
+        llm['attn_implementation'] = 'sdpa'
     return build_nested(llm)
+
+
+FLASH_ATTENTION_PACKAGES = {'flash_attention_2': 'flash-attn 2', 'flash_attention_3': 'flash-attn 3'}
+
+
+def _flash_attention_installed(name) -> bool:
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+    return (is_flash_attn_2_available if name == 'flash_attention_2' else is_flash_attn_3_available)()
 
 
 class SupervisedFinetune(BaseModel):
