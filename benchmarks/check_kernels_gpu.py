@@ -136,6 +136,7 @@ def main():
     check_dropout_kernel(dev)
     check_fast_path_models(dev)
     check_packed_varlen(dev)
+    check_token_weighted_graphs(dev)
     print('FAILED: ' + ', '.join(FAILED) if FAILED else 'all kernel checks passed')
     return 1 if FAILED else 0
 
@@ -380,6 +381,79 @@ def check_packed_varlen(dev):
         FAILED.append('graphs with varlen: no layer replayed')
     check('packed varlen, graphs vs no graphs (losses, last grads)',
           [(runs['graphs'][0], runs['fast'][0])] + list(zip(runs['graphs'][1], runs['fast'][1])), 2e-2)
+
+
+def check_token_weighted_graphs(dev):
+    """Issue 14 on the fast path: with CUDA graphs replaying the layers and the chunked loss,
+    one micro-batch of two rows (20 and 480 trained tokens) and two accumulated micro-batches
+    of one row each take the same four SGD steps through ``TokenWeightedOptimWrapper``; the
+    mean of per-micro-batch means (the control) takes other steps."""
+    import tempfile
+
+    from mmengine.optim import OptimWrapper
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from xft.engine.token_weighting import TokenWeightedOptimWrapper
+    from xft.model.fast_path import apply_fast_path, causal_lm_loss
+    from xft.model.kernels.graphs import GraphFamily
+    from xft.model.loss import count_trained_tokens
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=3,
+                      num_attention_heads=4, max_position_embeddings=1024)
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 1000, (2, 512), generator=gen).to(dev)
+    labels = ids.clone()
+    labels[0, :-20] = -100   # the short answer: its last 20 tokens (19 scored after the shift)
+    labels[1, :-480] = -100  # the long one
+
+    def final_lora_weights(micro_batches, normalization):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map={'': dev})
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                 target_modules=['q_proj', 'v_proj', 'gate_proj', 'down_proj']))
+        family = GraphFamily()
+        apply_fast_path(model, offload_checkpoints=False, cuda_graphs=family)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        start = torch.cat([p.detach().flatten() for p in params])  # the same in every run (seed 1)
+        inner = OptimWrapper(torch.optim.SGD(params, lr=0.5), accumulative_counts=len(micro_batches))
+        steps = 4
+        inner.initialize_count_status(model, 0, steps * len(micro_batches))
+        wrapper = TokenWeightedOptimWrapper(inner, ranks=1) if normalization == 'step_tokens' else inner
+        step_tokens = sum(count_trained_tokens(labels[rows]) for rows in micro_batches)
+        for _ in range(steps):
+            for rows in micro_batches:
+                loss, _ = causal_lm_loss(model, ids[rows], labels[rows])
+                if wrapper is not inner:
+                    wrapper.set_micro_batch(count_trained_tokens(labels[rows]), step_tokens)
+                wrapper.update_params(loss)
+        moved = torch.cat([p.detach().flatten() for p in params]) - start
+        del model
+        torch.cuda.empty_cache()
+        return moved, family.replays
+
+    runs = {}
+    for name, micro_batches, normalization in (('batch 2', [slice(0, 2)], 'step_tokens'),
+                                                ('2 x accumulation', [slice(0, 1), slice(1, 2)], 'step_tokens'),
+                                                ('control: micro-batch means', [slice(0, 1), slice(1, 2)],
+                                                 'micro_batch')):
+        runs[name] = final_lora_weights(micro_batches, normalization)
+    reference, replays = runs['batch 2']
+    accumulated, replays_acc = runs['2 x accumulation']
+    control, _ = runs['control: micro-batch means']
+    print(f'    token weighting: replays batch2={replays} accumulation={replays_acc}; '
+          f'|acc - batch2| / |batch2| = {rel(accumulated, reference):.2e}, '
+          f'control {rel(control, reference):.2e}', flush=True)
+    if not (replays and replays_acc):
+        FAILED.append('token weighting: the graphs never replayed')
+    check('token-weighted loss under graphs: 2 x accumulation vs batch 2 (LoRA weights moved by 4 SGD steps)',
+          [(accumulated, reference)], 1e-4)
+    if not rel(control, reference) > 1e-2:
+        FAILED.append('token weighting control: the micro-batch mean did not differ')
 
 
 if __name__ == '__main__':
