@@ -96,8 +96,9 @@ def test_qlora_4bit_trains_on_cpu(tiny_llama_dir):
     bnb_config = pytest.importorskip('transformers').BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32)
+    # On a GPU host transformers would place a 4-bit model on cuda:0 by default.
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32,
-                                                 quantization_config=bnb_config)
+                                                 quantization_config=bnb_config, device_map={'': 'cpu'})
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
     state = apply_fast_path(model)
     assert len(state.lora) == 7 * model.config.num_hidden_layers

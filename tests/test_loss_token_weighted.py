@@ -160,7 +160,9 @@ def two_processes_one_step(config, work_dir):
     result = run_launched([sys.executable, '-m', 'xft.cli', 'train', config, '--work-dir', work_dir,
                            '--cfg-options', *ONE_STEP, 'train_dataloader.batch_size=1',
                            'optim_wrapper.accumulative_counts=1', 'train_cfg.max_iters=1'], env=env, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # A rank's own error line first: torchrun's summary of the failed ranks fills the tail.
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith('xft ')]
+    assert result.returncode == 0, '\n'.join(errors) + '\n' + result.stderr[-3000:]
     assert 'gloo process group: rank 1 of 2' in result.stdout + result.stderr
     return load_checkpoint_file(work_dir / 'iter_1.pth')['state_dict']
 

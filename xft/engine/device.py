@@ -119,11 +119,29 @@ def setup_distributed(cfg) -> None:
         os.environ.update(slurm_environment())
     choose_model_wrapper(cfg)
     if torch.cuda.is_available():
+        check_local_gpu(os.environ, torch.cuda.device_count())
         return
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', init_method='env://')
     print_log(f'gloo process group: rank {dist.get_rank()} of {dist.get_world_size()} '
               f'(local rank {os.environ.get("LOCAL_RANK", "0")})', logger='current')
+
+
+def check_local_gpu(environ, gpus: int) -> None:
+    """Each process of a node trains on the GPU of its local rank: a rank beyond the node's
+    GPUs is refused in one line, before CUDA or NCCL fail in theirs.
+
+    >>> check_local_gpu({'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'}, gpus=2)
+    >>> check_local_gpu({'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'}, gpus=1)
+    Traceback (most recent call last):
+    ...
+    xft.utils.errors.UserError: 2 processes per node (NPROC_PER_NODE) but this machine has 1 GPU: start at most 1 (local rank 1 has no GPU)
+    """
+    local_rank = int(environ.get('LOCAL_RANK', '0'))
+    if local_rank >= gpus:
+        per_node = environ.get('LOCAL_WORLD_SIZE', str(local_rank + 1))
+        raise UserError(f'{per_node} processes per node (NPROC_PER_NODE) but this machine has {gpus} GPU'
+                        f'{"s" if gpus != 1 else ""}: start at most {gpus} (local rank {local_rank} has no GPU)')
 
 
 def trains_adapters(cfg) -> bool:
