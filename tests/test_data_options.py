@@ -64,7 +64,7 @@ def test_every_option_that_shapes_the_rows_changes_the_cache_key(tiny_tokenizer,
         'template_map_fn': dict(type=template_map_fn_factory, template='chatml'),
         'max_dataset_length': 5, 'split': 'validation', 'remove_unused_columns': True,
         'rename_maps': [('a', 'b')], 'shuffle_before_pack': False, 'pack_to_max_length': True,
-        'input_ids_with_output': False, 'seed': 1,
+        'input_ids_with_output': False, 'do_dataset_tokenization': False, 'seed': 1,
     }
     shaping = {f.name for f in dataclasses.fields(PipelineOptions) if f.metadata.get(SHAPES_ROWS, True)}
     assert shaping == set(other), 'give the new option a second value here'

@@ -80,7 +80,7 @@ ARGUMENTS = {
                            'remove_unused_columns': HONOURED, 'shuffle_before_pack': HONOURED,
                            'pack_to_max_length': HONOURED, 'use_varlen_attn': HONOURED, 'split': HONOURED,
                            'max_dataset_length': HONOURED, 'input_ids_with_output': HONOURED,
-                           'do_dataset_tokenization': MISSING},
+                           'do_dataset_tokenization': HONOURED},  # tests/test_data_pretokenized.py
     'ConcatDataset': {'datasets': HONOURED},
     'default_collate_fn': {'use_varlen_attn': HONOURED},
     'SequenceParallelSampler': {'seed': HONOURED},

@@ -97,6 +97,45 @@ def _assemble(conversation, token_ids, special, max_length, input_ids_with_outpu
     return _finish(input_ids, labels, max_length)
 
 
+def encode_pretokenized(input_ids, labels, vocab_size, max_length):
+    """A row that already holds token ids (``do_dataset_tokenization=False``): checked, then cut
+    to ``max_length`` (when given) like an encoded sample. Without ``labels`` every token trains,
+    as in plain-text pre-training; given labels pair with the ids one to one.
+
+    >>> row = encode_pretokenized([5, 6, 7], None, vocab_size=10, max_length=2)
+    >>> row['input_ids'], row['labels'], row['num_truncated_tokens']
+    ([5, 6], [5, 6], 1)
+    >>> encode_pretokenized([5, 12], None, vocab_size=10, max_length=None)
+    Traceback (most recent call last):
+    ...
+    xft.utils.errors.DataError: token id 12 at position 1 is outside the tokenizer's vocabulary (0-9)
+    """
+    if not isinstance(input_ids, list) or not input_ids or not all(_is_id(i) for i in input_ids):
+        raise DataError(f'input_ids must be a non-empty list of token ids, got {_short(input_ids)}')
+    if vocab_size is not None:
+        for position, token in enumerate(input_ids):
+            if token >= vocab_size:
+                raise DataError(f"token id {token} at position {position} is outside the tokenizer's "
+                                f'vocabulary (0-{vocab_size - 1})')
+    if labels is None:
+        labels = list(input_ids)
+    elif not isinstance(labels, list) or len(labels) != len(input_ids):
+        raise DataError(f'labels must pair with input_ids one to one: {len(input_ids)} input_ids, '
+                        f'labels {_short(labels)}')
+    elif not all(label == IGNORE_INDEX or _is_id(label) for label in labels):
+        raise DataError(f'labels must be token ids or {IGNORE_INDEX} (not trained), got {_short(labels)}')
+    return _finish(input_ids, labels, max_length or len(input_ids))
+
+
+def _is_id(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
 def _finish(input_ids, labels, max_length):
     num_truncated = max(0, len(input_ids) - max_length)
     if num_truncated:

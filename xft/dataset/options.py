@@ -32,9 +32,10 @@ class PipelineOptions:
     """The checked arguments of ``process_hf_dataset`` (the dataset itself and ``cache_dir`` aside).
 
     Attributes:
-        tokenizer: a tokenizer or a config dict building one.
+        tokenizer: a tokenizer or a config dict building one (with pre-tokenized rows it may be
+            None; given, the rows' ids are checked against its vocabulary).
         max_length: longest sample (longer ones are truncated and counted); also the packed
-            row length.
+            row length. May be None for pre-tokenized rows that are not packed (kept whole).
         dataset_map_fn: raw row -> ``{'conversation': [...]}``; a function, a MAP_FUNC name or a
             dotted path. None: rows already hold a ``conversation`` column.
         template_map_fn: usually ``dict(type=template_map_fn_factory, template=...)``. None: the
@@ -48,12 +49,15 @@ class PipelineOptions:
         use_varlen_attn: XTuner's flag; xft keeps packed samples apart with any attention
             implementation, so this only checks that packing is on.
         input_ids_with_output: False encodes prompts only (evaluation).
+        do_dataset_tokenization: False takes rows that already hold ``input_ids`` (and, where
+            given, ``labels``; without them every token trains), as XTuner's pre-tokenized
+            pg_books configs do: no map fn, template or tokenizer call.
         with_image_token: multimodal; not supported.
         map_num_proc: processes for the map and encode steps (capped at the CPU count).
         seed: seed for ``max_dataset_length`` sampling and the shuffle before packing.
     """
-    tokenizer: object
-    max_length: int
+    tokenizer: object = None
+    max_length: Optional[int] = None
     dataset_map_fn: object = None
     template_map_fn: object = None
     max_dataset_length: Optional[int] = None
@@ -64,13 +68,14 @@ class PipelineOptions:
     pack_to_max_length: bool = True
     use_varlen_attn: bool = field(default=False, metadata={SHAPES_ROWS: False})
     input_ids_with_output: bool = True
+    do_dataset_tokenization: bool = True
     with_image_token: bool = field(default=False, metadata={SHAPES_ROWS: False})
     map_num_proc: int = field(default=32, metadata={SHAPES_ROWS: False})
     seed: int = 0
 
     def __post_init__(self):
         self._check_interactions()
-        self.tokenizer = build_tokenizer(self.tokenizer)
+        self.tokenizer = None if self.tokenizer is None else build_tokenizer(self.tokenizer)
         self.dataset_map_fn = resolve_map_fn(self.dataset_map_fn)
         self.template_map_fn = resolve_template_map_fn(self.template_map_fn)
         self.remove_unused_columns = bool(self.remove_unused_columns)
@@ -82,8 +87,19 @@ class PipelineOptions:
         self.seed = int(self.seed)
 
     def _check_interactions(self):
+        self.do_dataset_tokenization = bool(self.do_dataset_tokenization)
+        if self.do_dataset_tokenization:
+            missing = [name for name in ('tokenizer', 'max_length') if getattr(self, name) is None]
+            if missing:
+                raise ConfigError(f'process_hf_dataset needs {" and ".join(missing)}')
+        elif self.dataset_map_fn is not None or self.template_map_fn is not None:
+            raise ConfigError('do_dataset_tokenization=False takes rows that already hold input_ids: '
+                              'leave dataset_map_fn and template_map_fn out (they map raw text)')
         max_length = self.max_length
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        if max_length is None and self.pack_to_max_length:
+            raise ConfigError('pack_to_max_length=True needs max_length (the packed row length)')
+        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
+                                       or max_length < 1):
             raise ConfigError(f'max_length must be a positive integer, got {max_length!r}')
         if self.use_varlen_attn and not self.pack_to_max_length:
             raise ConfigError('use_varlen_attn=True needs pack_to_max_length=True')
@@ -99,17 +115,12 @@ class PipelineOptions:
 
     @classmethod
     def from_arguments(cls, *args, **kwargs):
-        """Build from ``process_hf_dataset``'s arguments; an unknown or missing one is one line."""
+        """Build from ``process_hf_dataset``'s arguments; an unknown or missing one is one line
+        (the missing ones in ``_check_interactions``: what is needed depends on the others)."""
         known = [option.name for option in fields(cls)]
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
             raise ConfigError(f'process_hf_dataset got unknown arguments: {", ".join(unknown)}')
-        given = set(known[:len(args)]) | set(kwargs)
-        missing = [option.name for option in fields(cls)
-                   if option.default is MISSING and option.default_factory is MISSING
-                   and option.name not in given]
-        if missing:
-            raise ConfigError(f'process_hf_dataset needs {" and ".join(missing)}')
         return cls(*args, **kwargs)
 
     def cache_key(self, dataset) -> str:

@@ -5,6 +5,8 @@ dropped or cut, and ``process_hf_dataset`` (XTuner's name and arguments) checks 
 (``xft.dataset.options.PipelineOptions``), runs the pipeline, logs the counts, and can save the
 result to ``cache_dir`` and load it back next time without reprocessing. Each row carries its
 origin (``load.ORIGIN``) up to the encode step, so any step names the file and line it fails on.
+Rows that already hold token ids (``do_dataset_tokenization=False``) skip map, template and
+encode: their ids are checked and cut to ``max_length`` instead.
 """
 import inspect
 import json
@@ -18,7 +20,7 @@ from mmengine.logging import print_log
 from xft.utils.errors import DataError
 
 from .conversation import normalize_conversation, with_conversation_feature
-from .encode import encode_batch, encode_with_chat_template
+from .encode import encode_batch, encode_pretokenized, encode_with_chat_template
 from .load import ORIGIN, load_source
 from .options import PipelineOptions, options_signature
 from .packing import pack_dataset
@@ -47,10 +49,10 @@ class PipelineStats:
 
     def summary(self):
         dropped = f' (the first: {self.first_dropped_row})' if self.first_dropped_row else ''
+        cut = (f'{self.samples_truncated} samples truncated to max_length={self.max_length} '
+               f'({self.tokens_truncated} tokens cut)' if self.max_length else 'no max_length: nothing cut')
         text = (f'{self.rows_loaded} rows loaded; {self.rows_dropped_by_map_fn} dropped by the '
-                f'map fn (empty conversation){dropped}; {self.samples_truncated} samples '
-                f'truncated to '
-                f'max_length={self.max_length} ({self.tokens_truncated} tokens cut); '
+                f'map fn (empty conversation){dropped}; {cut}; '
                 f'{self.samples_without_loss} samples with no trained token dropped; '
                 f'{self.samples_kept} samples kept ({self.tokens_kept} tokens, '
                 f'{self.trained_tokens} trained)')
@@ -95,25 +97,30 @@ def log_stats(stats):
 def run_pipeline(dataset, options, observe=None):
     """Run every step; ``observe(stage, dataset)`` (optional) sees the dataset after each one."""
     observe = observe or (lambda stage, data: None)
-    stats = PipelineStats(max_length=options.max_length)
+    stats = PipelineStats(max_length=options.max_length or 0)
     data = select_rows(load_source(dataset, options.split), options)
     stats.rows_loaded = len(data)
     observe('load', data)
 
-    data = map_rows(data, options)
-    empty = empty_conversations(data)
-    if empty:
-        stats.rows_dropped_by_map_fn = len(empty)
-        stats.first_dropped_row = data[empty[0]][ORIGIN]
-        data = data.select(sorted(set(range(len(data))) - set(empty)))
-    observe('map', data)
+    if options.do_dataset_tokenization:
+        data = map_rows(data, options)
+        empty = empty_conversations(data)
+        if empty:
+            stats.rows_dropped_by_map_fn = len(empty)
+            stats.first_dropped_row = data[empty[0]][ORIGIN]
+            data = data.select(sorted(set(range(len(data))) - set(empty)))
+        observe('map', data)
 
-    data = apply_template(data, options)
-    for old, new in options.rename_maps:
-        data = data.rename_column(old, new)
-    observe('template', data)
+        data = apply_template(data, options)
+        for old, new in options.rename_maps:
+            data = data.rename_column(old, new)
+        observe('template', data)
 
-    data = encode_rows(data, options)
+        data = encode_rows(data, options)
+    else:
+        for old, new in options.rename_maps:
+            data = data.rename_column(old, new)
+        data = check_pretokenized_rows(data, options)
     stats.samples_truncated = sum(n > 0 for n in data['num_truncated_tokens'])
     stats.tokens_truncated = sum(data['num_truncated_tokens'])
     before = len(data)
@@ -216,6 +223,32 @@ def encode_rows(data, options):
                         num_proc=_procs(data, options), desc='encode')
     return data.map(_BatchEncoder(options), batched=True, batch_size=ENCODE_BATCH_SIZE,
                     remove_columns=remove, num_proc=_procs(data, options), desc='encode')
+
+
+def check_pretokenized_rows(data, options):
+    """``do_dataset_tokenization=False``: rows already hold ``input_ids`` (and maybe ``labels``);
+    each is checked against the tokenizer's vocabulary and cut to ``max_length`` (when set)."""
+    columns = [c for c in data.column_names if c != ORIGIN]
+    if 'input_ids' not in columns:
+        first = data[0][ORIGIN] if len(data) else 'the dataset'
+        raise DataError(f"{first}: do_dataset_tokenization=False needs rows holding 'input_ids' (token "
+                        f"ids, and optionally 'labels'); the rows have {', '.join(map(repr, columns))}")
+    remove = list(data.column_names) if options.remove_unused_columns or options.pack_to_max_length \
+        else [c for c in ('input_ids', 'labels', ORIGIN) if c in data.column_names]
+    return data.map(_PretokenizedRow(options), remove_columns=remove, num_proc=_procs(data, options),
+                    desc='check token ids')
+
+
+class _PretokenizedRow:
+    def __init__(self, options):
+        self.vocab_size = len(options.tokenizer) if options.tokenizer is not None else None
+        self.max_length = options.max_length
+
+    def __call__(self, row):
+        try:
+            return encode_pretokenized(row['input_ids'], row.get('labels'), self.vocab_size, self.max_length)
+        except DataError as error:
+            raise DataError(f'{row[ORIGIN]}: {error}') from None
 
 
 class _BatchEncoder:

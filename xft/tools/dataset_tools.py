@@ -90,6 +90,8 @@ def tokenizer_problems(options):
     """What the tokenizer and template would get wrong in training or generation."""
     problems = []
     tokenizer = options.tokenizer
+    if tokenizer is None:  # pre-tokenized rows without one: nothing to check
+        return problems
     template = getattr(options.template_map_fn, 'template', None) or {}
     for name in ('SUFFIX',):
         text = template.get(name)
@@ -171,7 +173,8 @@ def log_dataset(args) -> None:
 def show_row(row, tokenizer, show):
     parts = []
     if show in ('text', 'all'):
-        parts.append('[text]\n' + tokenizer.decode(row['input_ids']))
+        parts.append('[text]\n' + (tokenizer.decode(row['input_ids']) if tokenizer is not None
+                                    else '(no tokenizer in the config: see input_ids)'))
     if show in ('masked_text', 'all'):
         parts.append('[masked_text]\n' + masked_text(row['input_ids'], row['labels'], tokenizer))
     if show in ('input_ids', 'all'):
@@ -215,7 +218,8 @@ def masked_text(input_ids, labels, tokenizer):
 
 
 def _decode_run(tokenizer, tokens, trained):
-    text = tokenizer.decode(tokens)
+    # Pre-tokenized data may come without a tokenizer: the ids stand in for the text.
+    text = tokenizer.decode(tokens) if tokenizer is not None else ' '.join(map(str, tokens)) + ' '
     return f'{TRAINED_OPEN}{text}{TRAINED_CLOSE}' if trained else text
 
 
