@@ -35,7 +35,7 @@ from xft.utils.errors import ConfigError
 HONOURED, REFUSED, MISSING = 'honoured', 'refused', 'missing'
 
 # (module, name) -> what xft does. Missing names serve formats outside xft's scope today:
-# InternLM's pre-tokenized repo data, MOSS and ModelScope datasets, MS-Agent's ReAct rows.
+# MOSS and ModelScope datasets, MS-Agent's ReAct rows.
 IMPORTS = {
     ('xtuner.dataset', 'process_hf_dataset'): HONOURED,
     ('xtuner.dataset', 'ConcatDataset'): HONOURED,
@@ -43,9 +43,10 @@ IMPORTS = {
     ('xtuner.dataset', 'process_ms_dataset'): MISSING,
     ('xtuner.dataset.collate_fns', 'default_collate_fn'): HONOURED,
     ('xtuner.dataset.collate_fns', 'mmlu_collate_fn'): HONOURED,
-    ('xtuner.dataset.intern_repo', 'build_packed_dataset'): MISSING,
-    ('xtuner.dataset.intern_repo', 'load_intern_repo_tokenized_dataset'): MISSING,
-    ('xtuner.dataset.intern_repo', 'load_intern_repo_untokenized_dataset'): MISSING,
+    # InternLM's repo folders, .bin tokenized or .json messages (tests/test_data_intern_repo.py).
+    ('xtuner.dataset.intern_repo', 'build_packed_dataset'): HONOURED,
+    ('xtuner.dataset.intern_repo', 'load_intern_repo_tokenized_dataset'): HONOURED,
+    ('xtuner.dataset.intern_repo', 'load_intern_repo_untokenized_dataset'): HONOURED,
     **{('xtuner.dataset.map_fns', name): HONOURED for name in (
         'alpaca_map_fn', 'alpaca_zh_map_fn', 'arxiv_map_fn', 'code_alpaca_map_fn', 'colors_map_fn',
         'crime_kg_assitant_map_fn', 'default_map_fn', 'law_reference_map_fn', 'medical_map_fn', 'oasst1_map_fn',
@@ -93,6 +94,13 @@ ARGUMENTS = {
     'template_map_fn_factory': {'template': HONOURED},
     'HFCheckpointHook': {'out_dir': HONOURED},
     'MMLUMetric': {'tokenizer': HONOURED, 'prefix': HONOURED},
+    'build_packed_dataset': {'dataset_cfg': HONOURED, 'packed_length': HONOURED, 'seed': HONOURED},
+    'load_intern_repo_tokenized_dataset': {'folder': HONOURED, 'min_length': HONOURED,
+                                           'data_order_path': HONOURED, 'file_type': HONOURED},
+    'load_intern_repo_untokenized_dataset': {'processed_dataset_dict_path': HONOURED, 'folder': HONOURED,
+                                             'tokenizer': HONOURED, 'max_length': HONOURED,
+                                             'template_map_fn': HONOURED, 'data_order_path': HONOURED,
+                                             'file_type': HONOURED},
 }
 PART1_VARIABLES = {'sequence_parallel_size': 'honoured (above 1 on that many processes)'}
 

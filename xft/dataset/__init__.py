@@ -11,6 +11,7 @@ pack                       ``packing.py``
 collate                    ``collate_fns/``
 all steps, in order        ``pipeline.py``   process_hf_dataset
 its options, checked once  ``options.py``    PipelineOptions (and the cache key)
+InternLM repo folders      ``intern_repo.py`` .bin token files, .json messages, packed
 =========================  ============================================================
 """
 from .concat_dataset import ConcatDataset
