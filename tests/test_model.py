@@ -154,3 +154,31 @@ def test_packed_row_loss_equals_the_token_weighted_loss_of_its_samples(tiny_llam
             loss = model(default_collate_fn([sample])['data'])['loss']
             total, count = total + loss * n_trained, count + n_trained
     assert packed_loss.item() == pytest.approx((total / count).item(), abs=1e-5)
+
+
+def test_lora_starts_from_the_seed_whatever_was_drawn_before(tiny_llama_dir):
+    """Runner and DeepSpeed's FlexibleRunner build the model after different draws from the
+    global stream: the adapters' start must depend on the seed alone, and leave the stream as
+    it was (data shuffles and dropout masks come after)."""
+    from xft.model.lora import attach_lora
+
+    def start(draws_before):
+        torch.manual_seed(5)
+        torch.rand(draws_before)
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        model = attach_lora(base, dict(type=LoraConfig, r=4, lora_alpha=8, task_type='CAUSAL_LM'))
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if 'lora_A' in n}
+        return weights, torch.rand(3)
+
+    (first, _), (second, stream_after) = start(0), start(1000)
+    assert len(first) == 14 and all(torch.equal(first[n], second[n]) for n in first)
+    torch.manual_seed(5)
+    torch.rand(1000)
+    AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    assert torch.equal(stream_after, torch.rand(3))
+    # ...and it is the seed's: another seed starts elsewhere
+    torch.manual_seed(6)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    other = attach_lora(base, dict(type=LoraConfig, r=4, lora_alpha=8, task_type='CAUSAL_LM'))
+    name = sorted(first)[0]
+    assert not torch.equal(dict(other.named_parameters())[name], first[name])

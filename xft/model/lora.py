@@ -1,4 +1,5 @@
 """Attaching LoRA adapters through peft."""
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -41,5 +42,14 @@ def build_lora_config(lora, model: nn.Module) -> LoraConfig:
 
 
 def attach_lora(model: nn.Module, lora) -> nn.Module:
-    """Wrap ``model`` in a ``PeftModel`` whose only trainable weights are the adapters."""
-    return get_peft_model(model, build_lora_config(lora, model))
+    """Wrap ``model`` in a ``PeftModel`` whose only trainable weights are the adapters.
+
+    The adapters' initial weights come from the run's seed alone (``torch.initial_seed()``,
+    which mmengine's ``randomness.seed`` sets), drawn apart from the global stream: Runner and
+    DeepSpeed's FlexibleRunner build the model after different draws, and the same seed must
+    give the same start under both.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(torch.initial_seed())
+        return get_peft_model(model, build_lora_config(lora, model))
