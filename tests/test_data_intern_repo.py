@@ -132,19 +132,38 @@ train_dataloader = dict(
 '''
 
 
-def test_a_config_of_xtuners_shape_trains_on_a_tokenized_folder(tmp_path, tiny_llama_dir, tiny_tokenizer,
-                                                                 shared_data):
-    texts = [f'Line {i}: to be, or not to be, that is the question.' for i in range(12)]
+@pytest.fixture
+def repo_config(tmp_path, tiny_llama_dir, tiny_tokenizer, shared_data):
+    """The tiny config with XTuner's repo loader over a folder of 12 tokenized lines."""
     rows = []
-    for text in texts:
-        ids = tiny_tokenizer(text)['input_ids']
+    for i in range(12):
+        ids = tiny_tokenizer(f'Line {i}: to be, or not to be, that is the question.')['input_ids']
         rows.append({'tokens': [ids[0]] + [-t for t in ids[1:4]] + ids[4:]})  # a prompt of 3 untrained
     write_lines(tmp_path / 'tokenized' / '0.bin', rows)
     config = write_tiny_config(tmp_path, tiny_llama_dir, shared_data / 'alpaca' / 'alpaca_data_subset.json')
     config.write_text(config.read_text().replace('max_iters = 20', 'max_iters = 2')
                       + XTUNER_SHAPED_LOADER.replace('@FOLDER@', str(tmp_path / 'tokenized')))
-    run_train(config, '--work-dir', tmp_path / 'work')
+    return config
+
+
+def test_a_config_of_xtuners_shape_trains_on_a_tokenized_folder(tmp_path, repo_config):
+    run_train(repo_config, '--work-dir', tmp_path / 'work')
     log = next((tmp_path / 'work').glob('*/*.log')).read_text()
     assert '0.bin: 12 samples' in log  # the folder was read, not the tiny config's alpaca entry
     losses = logged_losses(tmp_path / 'work')
     assert sorted(losses) == [1, 2] and all(0 < loss < 20 for loss in losses.values())
+
+
+def test_check_custom_dataset_and_log_dataset_read_a_repo_config(repo_config, capsys):
+    from xft.tools.dataset_tools import check_custom_dataset_main, log_dataset_main
+
+    assert check_custom_dataset_main([str(repo_config)]) == 0
+    out = capsys.readouterr().out
+    rows = build_packed_dataset(dict(type=load_intern_repo_tokenized_dataset,
+                                     folder=str(repo_config.parent / 'tokenized')), packed_length=64)
+    trained = sum(label != IGNORE_INDEX for labels in rows['labels'] for label in labels)
+    assert len(rows) > 1 and f'--- after reading and packing: {len(rows)} rows ---' in out
+    assert f'counts: {len(rows)} packed rows ({sum(rows.length)} tokens, {trained} trained)' in out
+    assert 'no problems found' in out
+    assert log_dataset_main([str(repo_config), '--show', 'input_ids']) == 0
+    assert f'[input_ids]\n{rows[0]["input_ids"]}' in capsys.readouterr().out

@@ -8,6 +8,7 @@ of a zoo config (``xft.engine.config.load_config``).
 import argparse
 import json
 
+from xft.registry import build_nested
 from xft.tools.command import run_command
 from xft.utils.constants import IGNORE_INDEX
 from xft.utils.errors import ConfigError
@@ -54,6 +55,8 @@ def check_entry(entry, max_rows=None):
     return the problems found."""
     if is_preference_entry(entry):
         return check_preference_entry(entry, max_rows)
+    if is_packed_repo_entry(entry):
+        return check_packed_repo_entry(entry)
     from xft.dataset.pipeline import run_pipeline
 
     dataset, options = pipeline_inputs(entry, max_rows)
@@ -132,6 +135,22 @@ def check_preference_entry(entry, max_rows=None):
     return problems
 
 
+def check_packed_repo_entry(entry):
+    """``check_entry`` for InternLM-repo folders: read and pack them, show the first row, count."""
+    data = build_nested(dict(entry))
+    print(f'--- after reading and packing: {len(data)} rows ---')
+    if len(data):
+        print(describe_row(data[0], None))
+    print(f'counts: {packed_repo_summary(data)}')
+    return [] if len(data) else ['no sample is left to train on']
+
+
+def packed_repo_summary(data) -> str:
+    tokens = sum(data['length'])
+    trained = sum(label != IGNORE_INDEX for labels in data['labels'] for label in labels)
+    return f'{len(data)} packed rows ({tokens} tokens, {trained} trained)'
+
+
 # --- xft log-dataset ---------------------------------------------------------------------------
 
 def log_dataset_main(argv) -> int:
@@ -156,18 +175,23 @@ def log_dataset(args) -> None:
     from xft.engine.config import load_config
     from xft.dataset.preference_dataset import run_preference_pipeline
     for entry in dataset_entries(load_config(args.config, args.cfg_options)):
-        pairs = is_preference_entry(entry)
+        pairs, tokenizer = is_preference_entry(entry), None
         if pairs:
             dataset, options = preference_inputs(entry, args.max_rows)
             data, stats = run_preference_pipeline(dataset, options)
+            tokenizer, summary = options.tokenizer, stats.summary()
+        elif is_packed_repo_entry(entry):  # token ids read as they are: shown as ids
+            data = build_nested(dict(entry))
+            summary = packed_repo_summary(data)
         else:
             dataset, options = pipeline_inputs(entry, args.max_rows)
             data, stats = run_pipeline(dataset, options)
-        print(f'counts: {stats.summary()}')
+            tokenizer, summary = options.tokenizer, stats.summary()
+        print(f'counts: {summary}')
         for index in range(args.index, min(args.index + args.count, len(data))):
             print(f'=== row {index} ===')
-            print(show_pairs(data[index], options.tokenizer, args.show) if pairs
-                  else show_row(data[index], options.tokenizer, args.show))
+            print(show_pairs(data[index], tokenizer, args.show) if pairs
+                  else show_row(data[index], tokenizer, args.show))
 
 
 def show_row(row, tokenizer, show):
@@ -270,9 +294,16 @@ def is_preference_entry(entry) -> bool:
     return kind is build_preference_dataset or kind == 'build_preference_dataset'
 
 
+def is_packed_repo_entry(entry) -> bool:
+    """XTuner's InternLM-repo data: ``dict(type=build_packed_dataset, dataset_cfg=...)``."""
+    from xft.dataset.intern_repo import build_packed_dataset
+    kind = entry.get('type')
+    return kind is build_packed_dataset or kind == 'build_packed_dataset'
+
+
 def dataset_entries(cfg):
-    """The ``process_hf_dataset`` (or ``build_preference_dataset``) dicts of
-    ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
+    """The ``process_hf_dataset`` (or ``build_preference_dataset``, ``build_packed_dataset``)
+    dicts of ``cfg.train_dataloader.dataset`` (ConcatDataset too)."""
     from xft.dataset import ConcatDataset, process_hf_dataset
 
     loader = cfg.get('train_dataloader') or {}
@@ -287,10 +318,11 @@ def dataset_entries(cfg):
     for item in entries:
         item_type = item.get('type') if isinstance(item, dict) else None
         if item_type is not process_hf_dataset and item_type != 'process_hf_dataset' and \
-                not (isinstance(item, dict) and is_preference_entry(item)):
-            raise ConfigError('train_dataloader.dataset must be dict(type=process_hf_dataset, '
-                              f'...) or dict(type=build_preference_dataset, ...) (or a '
-                              f'ConcatDataset of them), got type {item_type!r}')
+                not (isinstance(item, dict) and (is_preference_entry(item) or is_packed_repo_entry(item))):
+            name = getattr(item_type, '__name__', item_type)
+            raise ConfigError('train_dataloader.dataset must be dict(type=process_hf_dataset, ...), '
+                              'dict(type=build_preference_dataset, ...) or dict(type=build_packed_dataset, '
+                              f'...) (or a ConcatDataset of them), got type {name!r}')
     return entries
 
 

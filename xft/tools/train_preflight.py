@@ -40,14 +40,14 @@ def _pipeline_entries(cfg):
     loader = cfg.get('train_dataloader')
     if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
         return []
-    from xft.tools.dataset_tools import is_preference_entry
+    from xft.tools.dataset_tools import is_packed_repo_entry, is_preference_entry
     try:
         entries = dataset_entries(cfg)
     except UserError:  # a dataset type of the user's own: the Runner builds it as it is
         return []
-    # Preference pairs (build_preference_dataset) have no cache to hand over: the Runner
+    # Preference pairs and InternLM-repo folders have no cache to hand over: the Runner
     # builds them, and their bad rows stop it there in one line all the same.
-    entries = [entry for entry in entries if not is_preference_entry(entry)]
+    entries = [entry for entry in entries if not (is_preference_entry(entry) or is_packed_repo_entry(entry))]
     if not entries:
         return []
     folder = Path(cfg.work_dir) / CACHE_DIRNAME
