@@ -177,3 +177,7 @@ def test_mmlu_accuracy_is_logged_during_training(tmp_path, tiny_llama_dir, tiny_
     assert metrics['mmlu_fs_val/average'] == 75.0
     assert metrics['mmlu_fs_val/STEM'] == 50.0  # astronomy is physics, STEM
     assert metrics['mmlu_fs_val/health'] == 100.0
+    # A trial run skips the validation loop (and says so).
+    trial = run_train(config, '--work-dir', tmp_path / 'trial', '--max-iters', '1')
+    assert 'trial run: 1 iterations, each logged; the validation loop skipped' in trial.stdout
+    assert 'MMLU accuracy (%)' not in trial.stdout + trial.stderr

@@ -37,7 +37,7 @@ def parse_args(argv=None):
                              'model.lora.r=8 train_dataloader.batch_size=2')
     parser.add_argument('--max-iters', type=int, metavar='N',
                         help='a trial run: the first N iterations of the config\'s schedule, each '
-                             'logged, then the loss curve; EvaluateChatHook is skipped')
+                             'logged, then the loss curve; EvaluateChatHook and the validation loop are skipped')
     parser.add_argument('--resume', nargs='?', const='auto', default=None, metavar='auto|PATH',
                         help='resume from the newest checkpoint in the work dir (auto) or from PATH')
     parser.add_argument('--seed', type=int, help='random seed (default: the config\'s randomness.seed)')

@@ -9,7 +9,9 @@ so the first N steps are exactly those of the full run), with what a short run n
   (logger interval 1, window 1), so ``loss_curve.png`` is drawn at the end and
   ``xft plot-log WORK_DIR`` works;
 - no ``EvaluateChatHook``: its answers (600 new tokens each, minutes on a CPU, before the first
-  iteration) say nothing after a few steps.
+  iteration) say nothing after a few steps;
+- no validation loop (``val_cfg``, e.g. MMLU's thousands of five-shot prompts, which the loop
+  runs at the last iteration).
 
 The checkpoint hook saves the last iteration, so ``xft convert`` can be tried on the result.
 """
@@ -34,7 +36,7 @@ def make_trial_run(cfg, max_iters: int) -> None:
     cfg.train_cfg.pop('max_epochs', None)
     cfg.train_cfg['max_iters'] = max_iters
     _log_every_iteration(cfg)
-    skipped = _drop_long_evaluations(cfg)
+    skipped = _drop_long_evaluations(cfg) + _drop_validation(cfg)
     _draw_loss_curve(cfg)
     print_log(f'trial run: {max_iters} iterations, each logged'
               + (f'; {", ".join(skipped)} skipped' if skipped else ''), logger='current')
@@ -63,6 +65,14 @@ def _drop_long_evaluations(cfg) -> list:
     kept = [hook for hook in hooks if _hook_name(hook) not in LONG_EVALUATION_HOOKS]
     cfg.custom_hooks = kept
     return sorted({_hook_name(hook) for hook in hooks} - {_hook_name(hook) for hook in kept})
+
+
+def _drop_validation(cfg) -> list:
+    """mmengine wants the three val entries all set or all None."""
+    if cfg.get('val_cfg') is None:
+        return []
+    cfg.val_cfg, cfg.val_dataloader, cfg.val_evaluator = None, None, None
+    return ['the validation loop']
 
 
 def _draw_loss_curve(cfg) -> None:
