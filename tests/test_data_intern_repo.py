@@ -4,7 +4,7 @@ them with ``InternRepoSampler``."""
 import json
 
 import pytest
-from helpers.training import logged_losses, run_train, write_tiny_config
+from helpers.training import logged_losses, train_in_process, write_tiny_config
 
 from xft.dataset import process_hf_dataset
 from xft.dataset.intern_repo import (build_packed_dataset, load_intern_repo_tokenized_dataset,
@@ -147,9 +147,8 @@ def repo_config(tmp_path, tiny_llama_dir, tiny_tokenizer, shared_data):
 
 
 def test_a_config_of_xtuners_shape_trains_on_a_tokenized_folder(tmp_path, repo_config):
-    run_train(repo_config, '--work-dir', tmp_path / 'work')
-    log = next((tmp_path / 'work').glob('*/*.log')).read_text()
-    assert '0.bin: 12 samples' in log  # the folder was read, not the tiny config's alpaca entry
+    run = train_in_process(repo_config, '--work-dir', tmp_path / 'work')
+    assert '0.bin: 12 samples' in run.log  # the folder was read, not the tiny config's alpaca entry
     losses = logged_losses(tmp_path / 'work')
     assert sorted(losses) == [1, 2] and all(0 < loss < 20 for loss in losses.values())
 

@@ -8,7 +8,7 @@ labels pair with the ids one to one; ids outside the tokenizer's vocabulary, a m
 import json
 
 import pytest
-from helpers.training import logged_losses, run_train, write_tiny_config
+from helpers.training import logged_losses, train_in_process, write_tiny_config
 
 from xft.dataset import process_hf_dataset
 from xft.dataset.map_fns import alpaca_map_fn
@@ -110,6 +110,6 @@ def test_a_config_trains_on_pretokenized_rows(tmp_path, tiny_llama_dir, tiny_tok
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     config.write_text(text)
-    run_train(config, '--work-dir', tmp_path / 'work')
+    train_in_process(config, '--work-dir', tmp_path / 'work')
     losses = logged_losses(tmp_path / 'work')
     assert sorted(losses) == [1, 2] and all(0 < loss < 20 for loss in losses.values())

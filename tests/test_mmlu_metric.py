@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from datasets import load_dataset
-from helpers.training import logged_losses, run_train, write_tiny_config
+from helpers.training import logged_losses, train_in_process, write_tiny_config
 from transformers import AutoModelForCausalLM
 
 from xft.dataset import process_hf_dataset
@@ -147,7 +147,7 @@ def predicted_letters(model_dir, tokenizer, questions, folder):
     return letters
 
 
-def test_mmlu_accuracy_is_logged_during_training(tmp_path, tiny_llama_dir, tiny_tokenizer, shared_data):
+def test_mmlu_accuracy_is_logged_during_training(tmp_path, tiny_llama_dir, tiny_tokenizer, shared_data, capsys):
     questions = [(subject, q) for subject, items in QUESTIONS.items() for q in items]
     picked = predicted_letters(tiny_llama_dir, tiny_tokenizer, [q for _, q in questions], tmp_path)
     rows = []
@@ -162,9 +162,9 @@ def test_mmlu_accuracy_is_logged_during_training(tmp_path, tiny_llama_dir, tiny_
     config.write_text(config.read_text().replace('lr = 3e-3', 'lr = 0.0')  # the evaluated model = the base
                       + VAL_PART.replace('@MMLU@', str(mmlu_file)))
 
-    result = run_train(config, '--work-dir', tmp_path / 'work')
+    run = train_in_process(config, '--work-dir', tmp_path / 'work')
 
-    assert 'MMLU accuracy (%)' in result.stdout + result.stderr
+    assert 'MMLU accuracy (%)' in run.log
     metrics = {}
     for run in (tmp_path / 'work').iterdir():
         scalars = run / 'vis_data' / 'scalars.json'
@@ -178,6 +178,8 @@ def test_mmlu_accuracy_is_logged_during_training(tmp_path, tiny_llama_dir, tiny_
     assert metrics['mmlu_fs_val/STEM'] == 50.0  # astronomy is physics, STEM
     assert metrics['mmlu_fs_val/health'] == 100.0
     # A trial run skips the validation loop (and says so).
-    trial = run_train(config, '--work-dir', tmp_path / 'trial', '--max-iters', '1')
-    assert 'trial run: 1 iterations, each logged; the validation loop skipped' in trial.stdout
-    assert 'MMLU accuracy (%)' not in trial.stdout + trial.stderr
+    capsys.readouterr()
+    trial = train_in_process(config, '--work-dir', tmp_path / 'trial', '--max-iters', '1')
+    console = capsys.readouterr()  # the trial-run line comes before the run's log file exists
+    assert 'trial run: 1 iterations, each logged; the validation loop skipped' in console.out + console.err
+    assert 'MMLU accuracy (%)' not in trial.log
