@@ -288,17 +288,21 @@ def _add_cfg_options(parser):
         help='override config entries, e.g. train_dataloader.dataset.dataset.path=/data/x.json')
 
 
+def entry_builds(entry, builder) -> bool:
+    """Whether a config dict's ``type`` is ``builder``, given as the object or by its name."""
+    kind = entry.get('type') if isinstance(entry, dict) else None
+    return kind is builder or kind == builder.__name__
+
+
 def is_preference_entry(entry) -> bool:
     from xft.dataset.preference_dataset import build_preference_dataset
-    kind = entry.get('type')
-    return kind is build_preference_dataset or kind == 'build_preference_dataset'
+    return entry_builds(entry, build_preference_dataset)
 
 
 def is_packed_repo_entry(entry) -> bool:
     """XTuner's InternLM-repo data: ``dict(type=build_packed_dataset, dataset_cfg=...)``."""
     from xft.dataset.intern_repo import build_packed_dataset
-    kind = entry.get('type')
-    return kind is build_packed_dataset or kind == 'build_packed_dataset'
+    return entry_builds(entry, build_packed_dataset)
 
 
 def dataset_entries(cfg):
@@ -310,15 +314,10 @@ def dataset_entries(cfg):
     entry = loader.get('dataset') if isinstance(loader, dict) else None
     if not isinstance(entry, dict):
         raise ConfigError('the config has no train_dataloader.dataset dict')
-    kind = entry.get('type')
-    if kind is ConcatDataset or kind == 'ConcatDataset':
-        entries = list(entry.get('datasets') or [])
-    else:
-        entries = [entry]
+    entries = list(entry.get('datasets') or []) if entry_builds(entry, ConcatDataset) else [entry]
     for item in entries:
-        item_type = item.get('type') if isinstance(item, dict) else None
-        if item_type is not process_hf_dataset and item_type != 'process_hf_dataset' and \
-                not (isinstance(item, dict) and (is_preference_entry(item) or is_packed_repo_entry(item))):
+        if not (entry_builds(item, process_hf_dataset) or is_preference_entry(item) or is_packed_repo_entry(item)):
+            item_type = item.get('type') if isinstance(item, dict) else None
             name = getattr(item_type, '__name__', item_type)
             raise ConfigError('train_dataloader.dataset must be dict(type=process_hf_dataset, ...), '
                               'dict(type=build_preference_dataset, ...) or dict(type=build_packed_dataset, '
